@@ -1,0 +1,17 @@
+# The two commands a new user needs (see README.md): `make run` and `make test`.
+# Both set everything up first; scripts/bootstrap is idempotent and quick when nothing changed.
+.PHONY: run test check bench setup
+
+CONFIG ?= conf/dev.yaml
+
+setup:
+	@scripts/bootstrap
+
+run: setup
+	.venv/bin/twistd --pidfile= -n ingest -c $(CONFIG)
+
+test: setup
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+check: setup
+	.venv/bin/twistd --pidfile= -n ingest -c $(CONFIG) --check

