@@ -1,0 +1,78 @@
+"""``status-tests:``: tests that run inside the daemon at startup and gate readiness.
+
+::
+
+    status-tests:
+      site: main           # the site the tests talk to (default: the first)
+      timeout: 30          # seconds per test
+      packages: [my.tests] # plugin packages with StatusTestCase classes
+      cases: [...]         # declared HTTP cases (see pipedingest.statustest.declared)
+"""
+from __future__ import annotations
+
+import importlib
+
+from twisted.plugin import IPlugin, getPlugins
+from zope.interface import implementer
+
+from pipedingest.config.loader import LocatedList
+from pipedingest.config.schema import Option, check_section
+from pipedingest.providers.base import IProvider, Provider
+from pipedingest.statustest.case import IStatusTest, StatusTestCase
+from pipedingest.statustest.declared import CASE_OPTIONS, EXPECT_OPTIONS, DeclaredCase
+from pipedingest.statustest.runner import StatusTestRunner
+
+SECTION_OPTIONS = {
+    "site": Option((str, type(None)), None, "the web site the tests talk to"),
+    "timeout": Option(float, 30.0, "seconds each test may take"),
+    "packages": Option(list, [], "plugin packages holding StatusTestCase classes"),
+    "cases": Option(list, [], "declared HTTP cases"),
+}
+
+
+@implementer(IPlugin, IProvider)
+class StatusTestsProvider(Provider):
+    section = "status-tests"
+    order = 70
+
+    def configure(self, value, where, daemon) -> None:
+        errors = daemon.runtime.errors
+        if value is None:
+            return
+        settings = check_section(SECTION_OPTIONS, value, "'status-tests'", errors, where)
+        if settings is None:
+            return
+        declared = []
+        cases = settings["cases"]
+        for index, spec in enumerate(cases):
+            case_where = cases.where_of(index) if isinstance(cases, LocatedList) else where
+            case = check_section(CASE_OPTIONS, spec, f"status test #{index + 1}", errors, case_where)
+            if case is None:
+                continue
+            expect = check_section(EXPECT_OPTIONS, case["expect"], f"the expectations of {case['name']!r}",
+                                   errors, spec.where_of("expect"))
+            if not case["path"].startswith("/"):
+                errors.add(f"status test {case['name']!r}: path must start with '/'", spec.where_of("path"))
+                continue
+            if expect is not None:
+                declared.append(DeclaredCase(case, expect, case_where))
+        classes = []
+        packages = settings["packages"]
+        for index, name in enumerate(packages):
+            package_where = packages.where_of(index) if isinstance(packages, LocatedList) else where
+            try:
+                package = importlib.import_module(name)
+            except Exception as exc:
+                errors.add(f"cannot import status test package {name!r}: {exc!r}", package_where)
+                continue
+            found = [cls for cls in getPlugins(IStatusTest, package)
+                     if isinstance(cls, type) and issubclass(cls, StatusTestCase)]
+            if not found:
+                errors.add(f"no status test classes in {name!r}", package_where,
+                           "mark StatusTestCase subclasses with @provider(IStatusTest)")
+            classes.extend(sorted(found, key=lambda cls: (cls.__module__, cls.__qualname__)))
+        runner = StatusTestRunner(daemon.runtime.reactor, declared, classes, settings["timeout"])
+        daemon.set_status_tests(runner, settings["site"], value.where_of("site") if settings["site"] else where)
+
+
+provider = StatusTestsProvider()

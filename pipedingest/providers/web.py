@@ -1,0 +1,133 @@
+"""``web:``: HTTP sites whose routing trees hand requests to pipelines.
+
+::
+
+    web:
+      main:
+        port: 8080                 # 0: any free port (the log says which)
+        interface: 127.0.0.1
+        max_body_bytes: 2097152    # larger bodies get 413
+        response_timeout: 60       # unanswered requests get 504 after this
+        routing:
+          __config__: {processor: pipeline.web.compute}
+          articles:
+            __config__:
+              - {processor: pipeline.web.articles.create, methods: [POST]}
+              - {processor: pipeline.web.articles.list, methods: [GET]}
+            "{id}":
+              __config__: {processor: pipeline.web.articles.get, methods: [GET]}
+
+Every site also answers ``/health``, ``/ready`` and ``/status`` unless its
+routing defines those paths itself.
+"""
+from __future__ import annotations
+
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from pipedingest.config.errors import ErrorCollector
+from pipedingest.config.loader import LocatedDict, LocatedList
+from pipedingest.config.schema import Option, check_section
+from pipedingest.providers.base import IProvider, Provider
+from pipedingest.web.site import PipelineResource, PipelineSite, Route, RouteNode, SiteService
+
+SITE_OPTIONS = {
+    "port": Option(int, 8080, "the TCP port; 0 picks a free one"),
+    "interface": Option(str, "127.0.0.1", "the address to listen on"),
+    "max_body_bytes": Option(int, 2 * 1024 * 1024, "larger request bodies are answered with 413"),
+    "response_timeout": Option(float, 60.0, "seconds before an unanswered request gets 504"),
+    "builtin_endpoints": Option(bool, True, "serve /health, /ready and /status"),
+    "routing": Option(dict, doc="the routing tree: path segments → {__config__: {processor: pipeline.x}}"),
+}
+ROUTE_OPTIONS = {
+    "processor": Option(str, doc="the pipeline that answers, as pipeline.<dotted.name>"),
+    "methods": Option((list, str, type(None)), None, "the HTTP methods it answers (default: any)"),
+}
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+@implementer(IPlugin, IProvider)
+class WebProvider(Provider):
+    section = "web"
+    order = 40
+
+    def configure(self, value, where, daemon) -> None:
+        errors = daemon.runtime.errors
+        if value is None:
+            return
+        if not isinstance(value, dict) or not value:
+            errors.add("'web' must map site names to their settings", where,
+                       "for example: web: {main: {port: 8080, routing: {...}}}")
+            return
+        for name, spec in value.items():
+            settings = check_section(SITE_OPTIONS, spec, f"web site {name!r}", errors, value.where_of(name))
+            if settings is None:
+                continue
+            if not 0 <= settings["port"] <= 65535:
+                errors.add(f"port {settings['port']} is out of range", spec.where_of("port"), "use 0 to 65535")
+            tree = RouteNode()
+            build_routes(settings["routing"], tree, "", daemon.runtime, errors)
+            builtin = daemon.status.endpoints() if settings["builtin_endpoints"] else {}
+            builtin = {path: handler for path, handler in builtin.items() if path not in tree.children}
+            resource = PipelineResource(name, tree, daemon.runtime.reactor, settings["response_timeout"], builtin)
+            site = PipelineSite(resource, settings["max_body_bytes"])
+            service = SiteService(name, site, settings["port"], settings["interface"], daemon.runtime.reactor)
+            daemon.add_site(name, service, value.where_of(name))
+
+
+def build_routes(node: LocatedDict, tree: RouteNode, prefix: str, runtime, errors: ErrorCollector) -> None:
+    for key, child in node.items():
+        where = node.where_of(key)
+        if key == "__config__":
+            entries = child if isinstance(child, LocatedList) else [child]
+            for index, entry in enumerate(entries):
+                entry_where = entries.where_of(index) if isinstance(entries, LocatedList) else where
+                route = _route(entry, prefix or "/", runtime, errors, entry_where)
+                if route is not None:
+                    tree.routes.append(route)
+            continue
+        if not isinstance(key, str) or "/" in key or not key:
+            errors.add(f"routing key {key!r} must be one path segment", node.where_of_key(key),
+                       "nest mappings for deeper paths, e.g. articles: {batch: {...}}")
+            continue
+        if not isinstance(child, dict):
+            errors.add(f"routing entry {key!r} must be a mapping", where,
+                       "give it a __config__: {processor: pipeline.x} and/or child segments")
+            continue
+        path = f"{prefix}/{key}"
+        if key.startswith("{") and key.endswith("}"):
+            if tree.param is not None and tree.param[0] != key[1:-1]:
+                errors.add(f"two parameter segments at {prefix or '/'}: {{{tree.param[0]}}} and {key}", where)
+                continue
+            sub = tree.param[1] if tree.param else RouteNode()
+            tree.param = (key[1:-1], sub)
+        else:
+            sub = tree.children.setdefault(key, RouteNode())
+        build_routes(child, sub, path, runtime, errors)
+
+
+def _route(entry, pattern: str, runtime, errors: ErrorCollector, where):
+    settings = check_section(ROUTE_OPTIONS, entry, f"the route at {pattern}", errors, where)
+    if settings is None:
+        return None
+    processor = settings["processor"]
+    if not processor.startswith("pipeline."):
+        errors.add(f"route processor {processor!r} must name a pipeline", entry.where_of("processor"),
+                   f"write processor: pipeline.{processor}")
+        return None
+    methods = settings["methods"]
+    if isinstance(methods, str):
+        methods = [methods]
+    if methods is not None:
+        methods = [str(m).upper() for m in methods]
+        bad = [m for m in methods if m not in HTTP_METHODS]
+        if bad:
+            errors.add(f"unknown HTTP method(s) {', '.join(bad)}", entry.where_of("methods"),
+                       "use " + ", ".join(HTTP_METHODS))
+            return None
+        methods = frozenset(methods) | ({"HEAD"} if "GET" in methods else set())
+    reference = runtime.reference(processor, entry.where_of("processor"), "pipeline")
+    return Route(reference, methods, pattern)
+
+
+provider = WebProvider()
