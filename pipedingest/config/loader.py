@@ -230,9 +230,9 @@ def _display_name(path: str) -> str:
     return relative if not relative.startswith("..") else path
 
 
-def _load_with_includes(path: str, errors: ErrorCollector, environ, stack: tuple[str, ...]):
+def _load_with_includes(path: str, errors: ErrorCollector, environ, stack: tuple[str, ...], display: str):
     real = os.path.realpath(path)
-    config = _load_file(path, errors, environ, _display_name(path))
+    config = _load_file(path, errors, environ, display)
     if config is None:
         return None
     includes = config.pop("includes", None)
@@ -257,9 +257,10 @@ def _load_with_includes(path: str, errors: ErrorCollector, environ, stack: tuple
             continue
         if not os.path.exists(target):
             errors.add(f"included file {item!r} does not exist", item_where,
-                       f"paths are relative to {_display_name(os.path.dirname(path) or '.')}/")
+                       f"paths are relative to the including file's folder, {os.path.dirname(display) or '.'}/")
             continue
-        included = _load_with_includes(target, errors, environ, (*stack, real))
+        shown = os.path.normpath(os.path.join(os.path.dirname(display), item))
+        included = _load_with_includes(target, errors, environ, (*stack, real), shown)
         if included is not None:
             merged = merge(merged, included)
     return merge(merged, config)
@@ -330,7 +331,7 @@ def load_config(path: str, overrides: Iterable[str] = (), environ: Optional[Mapp
     if not os.path.exists(path):
         errors.add("configuration file does not exist", Location(path), "pass an existing file with -c")
         errors.raise_if_any()
-    config = _load_with_includes(path, errors, environ, ())
+    config = _load_with_includes(path, errors, environ, (), _display_name(path))
     if config is None:
         config = LocatedDict(where=Location(_display_name(path)))
     for text in overrides:

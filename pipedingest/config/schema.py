@@ -71,13 +71,24 @@ def check_options(declared: dict[str, Option], given: dict, owner: str) -> tuple
 
 
 def check_section(declared: dict[str, Option], given, owner: str, errors: ErrorCollector, where) -> Optional[dict]:
-    """Check a mapping from the configuration, reporting each problem at its own line."""
+    """Check a mapping from the configuration, reporting each problem at its own line.
+
+    Returns the values with defaults filled in, a bad optional value replaced by
+    its default so that checking can go on; None when the mapping is unusable
+    (not a mapping, or a required key missing or wrong).
+    """
     if not isinstance(given, dict):
         errors.add(f"{owner} must be a mapping, not {type_name(given)}", where)
         return None
     values, problems = check_options(declared, given, owner)
+    usable = True
     for problem in problems:
         location = given.where_of(problem.key) if problem.key is not None and hasattr(given, "where_of") \
             else getattr(given, "where", where)
         errors.add(problem.message, location or where, problem.hint)
-    return None if problems else values
+        option = declared.get(problem.key) if problem.key is not None else None
+        if problem.key is None or (option is not None and option.required):
+            usable = False
+        elif option is not None:
+            values[problem.key] = option.default
+    return values if usable else None

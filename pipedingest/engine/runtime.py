@@ -76,9 +76,17 @@ class Runtime:
                 ref._value = self.resources[ref.name]
                 continue
             kind = ref.name.split(".", 1)[0] + "."
-            candidates = self.names(kind) or list(self.resources)
-            hint = close_matches_hint(ref.name, candidates, f"{ref.wanted}s")
+            candidates = [name[len(kind):] for name in self.names(kind)]
+            hint = close_matches_hint(ref.name[len(kind):], candidates, f"{ref.wanted}s")
+            hint = _prefixed(hint, kind)
             self.errors.add(f"unknown {ref.wanted} {ref.name!r}", ref.where, hint)
+
+
+def _prefixed(hint: str, kind: str) -> str:
+    """Put the resource kind back on the names a hint quotes."""
+    import re
+
+    return re.sub(r"'([^']+)'", lambda m: f"'{kind}{m.group(1)}'", hint)
 
 
 class StepContext:

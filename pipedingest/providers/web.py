@@ -115,6 +115,7 @@ def _route(entry, pattern: str, runtime, errors: ErrorCollector, where):
         errors.add(f"route processor {processor!r} must name a pipeline", entry.where_of("processor"),
                    f"write processor: pipeline.{processor}")
         return None
+    reference = runtime.reference(processor, entry.where_of("processor"), "pipeline")
     methods = settings["methods"]
     if isinstance(methods, str):
         methods = [methods]
@@ -126,7 +127,6 @@ def _route(entry, pattern: str, runtime, errors: ErrorCollector, where):
                        "use " + ", ".join(HTTP_METHODS))
             return None
         methods = frozenset(methods) | ({"HEAD"} if "GET" in methods else set())
-    reference = runtime.reference(processor, entry.where_of("processor"), "pipeline")
     return Route(reference, methods, pattern)
 
 

@@ -1,0 +1,59 @@
+"""Shared fixtures: daemons built from YAML text, started in-process on port 0."""
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import pytest
+import pytest_twisted
+
+from pipedingest.config.errors import ConfigErrors
+from pipedingest.config.loader import load_config
+from pipedingest.service import build_daemon
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+# Plugin packages used by the tests (a processor bundle, status-test plugins).
+sys.path.insert(0, os.path.join(HERE, "fixtures"))
+
+
+def write_config(directory, text: str, name: str = "conf.yaml") -> str:
+    path = os.path.join(str(directory), name)
+    with open(path, "w", encoding="utf-8") as stream:
+        stream.write(textwrap.dedent(text))
+    return path
+
+
+def config_errors(directory, text: str, overrides=(), environ=None) -> list[str]:
+    """The rendered errors a configuration produces (an empty list when it is clean)."""
+    path = write_config(directory, text)
+    try:
+        build_daemon(load_config(path, overrides, environ))
+    except ConfigErrors as errors:
+        return [error.render() for error in errors.errors]
+    return []
+
+
+@pytest_twisted.async_yield_fixture
+async def daemons(tmp_path):
+    """``await daemons(yaml_text)`` starts a daemon; all of them stop after the test."""
+    started = []
+
+    async def start(text: str, overrides=(), name="conf.yaml", wait=True):
+        path = write_config(tmp_path, text, name)
+        daemon = build_daemon(load_config(path, overrides))
+        daemon.startService()
+        started.append(daemon)
+        if wait:
+            await daemon.started
+        return daemon
+
+    yield start
+    for daemon in reversed(started):
+        await daemon.stopService()
+
+
+def url(daemon, path: str = "/", site: str | None = None) -> str:
+    service = daemon.sites[site] if site else next(iter(daemon.sites.values()))
+    return service.url + path
