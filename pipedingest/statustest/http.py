@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import urlencode
 
-from twisted.internet.defer import inlineCallbacks
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Protocol
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from twisted.internet.defer import succeed
@@ -29,6 +31,29 @@ class _Bytes:
 
     def stopProducing(self):
         pass
+
+
+class _Collect(Protocol):
+    """Gathers a response body (readBody warns about transports without abortConnection)."""
+
+    def __init__(self, done: Deferred):
+        self.done = done
+        self.parts: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+def read_body(response) -> Deferred:
+    done: Deferred = Deferred()
+    response.deliverBody(_Collect(done))
+    return done
 
 
 @dataclass
@@ -63,7 +88,7 @@ class StatusClient:
                 sent.setRawHeaders(b"content-type", [b"application/json"])
         producer = _Bytes(body) if body is not None else None
         response = yield self.agent.request(method.encode("ascii"), url.encode("utf-8"), sent, producer)
-        content = yield readBody(response)
+        content = yield read_body(response)
         received = {k.decode().lower(): b", ".join(v).decode("latin-1")
                     for k, v in response.headers.getAllRawHeaders()}
         return Response(response.code, received, content)
