@@ -140,7 +140,16 @@ class IngestService(MultiService):
             site.stop_accepting()
         stopping = self._run_shutdown_events()
         stopping.addBoth(lambda _: MultiService.stopService(self))
-        return stopping.addTimeout(self.shutdown_timeout, self.runtime.reactor).addErrback(self._stop_failed)
+        stopping.addTimeout(self.shutdown_timeout, self.runtime.reactor)
+        return stopping.addCallbacks(self._stopped_cleanly, self._stop_failed)
+
+    def _stopped_cleanly(self, _):
+        # twistd re-raises the signal that stopped the reactor, so a daemon that
+        # finished a graceful SIGTERM stop would still "die" of SIGTERM.  A clean,
+        # complete stop is a normal exit (status 0), as service managers expect.
+        if getattr(self.runtime.reactor, "_exitSignal", None) is not None:
+            self.runtime.reactor._exitSignal = None
+        log.info("stopped cleanly")
 
     @inlineCallbacks
     def _run_shutdown_events(self):
@@ -151,7 +160,7 @@ class IngestService(MultiService):
                 log.failure("shutdown event {name!r} failed", name=name)
 
     def _stop_failed(self, failure):
-        log.failure("the daemon did not stop cleanly", failure)
+        log.failure("the daemon did not stop cleanly within {seconds}s", failure, seconds=self.shutdown_timeout)
 
 
 def build_daemon(config: LocatedDict, reactor=None) -> IngestService:

@@ -1,0 +1,108 @@
+"""A real ``twistd ingest`` process: the plugin, --check, --self-test, serving and SIGTERM."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT, write_config
+from tests.test_config import SEVERAL_MISTAKES
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+EULER = os.path.join(ROOT, "conf", "examples", "euler.yaml")
+DEV = os.path.join(ROOT, "conf", "dev.yaml")
+
+
+def twistd(*args, timeout=120, cwd=None):
+    return subprocess.run([TWISTD, "--pidfile=", "-n", "ingest", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def test_twistd_lists_the_ingest_command():
+    result = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60)
+    assert re.search(r"^\s+ingest\s+Ingest news articles", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_check_reports_every_mistake_and_binds_nothing(tmp_path):
+    path = write_config(tmp_path, SEVERAL_MISTAKES, "broken.yaml")
+    result = twistd("-c", "broken.yaml", "--check", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len([line for line in lines if line.startswith("broken.yaml:")]) == 14
+    assert "broken.yaml:3:11: option 'port' of web site 'site' must be an integer" in result.stderr
+    assert lines[-1] == "14 configuration errors in broken.yaml; nothing was started"
+    assert "listening" not in result.stdout + result.stderr
+    assert not os.path.exists(os.path.join(path, "..", "twistd.pid"))
+
+
+def test_a_broken_config_without_check_also_exits_2_before_binding(tmp_path):
+    write_config(tmp_path, SEVERAL_MISTAKES, "broken.yaml")
+    result = twistd("-c", "broken.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "14 configuration errors" in result.stderr
+    assert "starting on" not in result.stdout + result.stderr
+
+
+def test_check_accepts_the_shipped_configs():
+    for config in (EULER, DEV):
+        result = twistd("-c", config, "--check")
+        assert result.returncode == 0, result.stderr
+        assert "configuration OK" in result.stdout
+
+
+@pytest.mark.parametrize("config, port_key", [(EULER, "web.site.port"), (DEV, "web.main.port")])
+def test_self_test_passes_on_the_shipped_configs(config, port_key):
+    result = twistd("-c", config, "-O", f"{port_key}=0", "--self-test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASSED (successes=" in result.stdout
+
+
+def test_self_test_fails_when_a_pipeline_is_broken():
+    broken = "pipelines.web.compute.chained_consumers.1.eval-lambda.lambda='numbers: 0'"
+    result = twistd("-c", EULER, "-O", "web.site.port=0", "-O", broken, "--self-test")
+    assert result.returncode == 1
+    assert "FAILED (failures=2, successes=1)" in result.stdout
+    assert "sum: expected 1764, got 0" in result.stdout
+
+
+def test_self_test_with_a_config_error_exits_2():
+    result = twistd("-c", EULER, "-O", "web.site.port=zero", "--self-test")
+    assert result.returncode == 2
+
+
+def test_a_real_daemon_serves_and_stops_on_sigterm(tmp_path):
+    process = subprocess.Popen([TWISTD, "--pidfile=", "-n", "ingest", "-c", EULER, "-O", "web.site.port=0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        port, seen = None, []
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            seen.append(line)
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+            port = int(match.group(1)) if match else None
+        assert port, "".join(seen)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/ready") as response:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "never became ready"
+                time.sleep(0.1)
+        query = "&".join(f"n={n}" for n in range(1, 11))
+        with urllib.request.urlopen(f"{base}/?{query}") as response:
+            assert json.loads(response.read()) == {"sum": 385, "square": 3025, "diff": 2640}
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, rest
+        assert "Server Shut Down" in rest or "Main loop terminated" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
