@@ -267,3 +267,16 @@ async def test_startup_and_shutdown_events_run(tmp_path):
     assert daemon.runtime.get("context.log") == [("startup", "hello")]
     await daemon.stopService()
     assert daemon.runtime.get("context.log") == [("startup", "hello"), ("shutdown", "bye")]
+
+
+def test_processors_from_a_plugin_bundle(tmp_path):
+    daemon = build(tmp_path, """\
+        plugins:
+          bundles:
+            demo: [bundle_demo]
+        pipelines:
+          p:
+            - shout: {input_path: text, suffix: "!!"}
+        """)
+    assert daemon.registry.origins["shout"] == "bundle 'demo'"
+    assert run(daemon, "p", {"text": "hello"}) == {"text": "HELLO!!"}
