@@ -1,7 +1,14 @@
-"""Failures that carry their own HTTP answer."""
+"""Failures that carry their own HTTP answer, and the one mapping from any failure to an answer."""
 from __future__ import annotations
 
+import uuid
 from typing import Any, Optional
+
+from twisted.logger import Logger
+
+from pipedingest.engine.errors import InvalidInput
+
+log = Logger()
 
 
 class WebError(Exception):
@@ -13,3 +20,23 @@ class WebError(Exception):
         self.message = message
         self.headers = headers or {}
         self.detail = detail
+
+
+def describe_failure(failure, context: str = "") -> tuple[int, dict, dict]:
+    """``(status, error, headers)`` for a failure; unexpected ones are logged with an error id.
+
+    ``error`` is the JSON object placed under ``"error"`` in the response.
+    """
+    if failure.check(WebError):
+        error = failure.value
+        body = {"status": error.status, "message": error.message}
+        body.update({k: v for k, v in error.detail.items() if v is not None})
+        return error.status, body, dict(error.headers)
+    if failure.check(InvalidInput):
+        body = {"status": 400, "message": failure.value.message}
+        if failure.value.detail is not None:
+            body["detail"] = failure.value.detail
+        return 400, body, {}
+    error_id = uuid.uuid4().hex[:12]
+    log.failure("error {error_id} {context}", failure, error_id=error_id, context=context)
+    return 500, {"status": 500, "message": "internal error", "id": error_id}, {}

@@ -13,7 +13,6 @@ becomes a JSON error.  Whatever happens, the request is finished:
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -23,8 +22,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from pipedingest.engine.errors import InvalidInput
-from pipedingest.web.errors import WebError
+from pipedingest.web.errors import describe_failure
 from pipedingest.web.request import JSON_TYPE, LimitedRequest, WebRequest, error_body
 
 log = Logger()
@@ -160,17 +158,9 @@ class PipelineResource(Resource):
 
     def _failed(self, failure, wrapped: WebRequest, route: Route) -> None:
         if failure.check(CancelledError):
-            return None
-        if failure.check(WebError):
-            error = failure.value
-            wrapped.respond_error(error.status, error.message, error.headers, **error.detail)
-        elif failure.check(InvalidInput):
-            wrapped.respond_error(400, failure.value.message, detail=failure.value.detail)
-        else:
-            error_id = uuid.uuid4().hex[:12]
-            log.failure("error {error_id} in {pipeline} for {request}", failure, error_id=error_id,
-                        pipeline=route.pipeline.name, request=wrapped)
-            wrapped.respond_error(500, "internal error", id=error_id)
+            return None  # the client went away, or the reaper answered and cancelled the work
+        status, error, headers = describe_failure(failure, f"in {route.pipeline.name} for {wrapped}")
+        wrapped.respond_json(status, {"error": error}, headers)
         return None
 
     def _timed_out(self, wrapped: WebRequest, running: Deferred) -> None:

@@ -1,0 +1,221 @@
+"""Processors for news articles: validating them and extracting their entities.
+
+``validate-article`` and ``validate-articles`` turn a request into articles
+(or clear 400/413 errors); ``extract-entities`` asks the NER pool, entering the
+baton in a pending table while it waits; ``describe-error`` turns a failure
+into the ``{"status", "error"}`` a batch reports for one article.  These
+processors are where pool errors become HTTP statuses: the pool itself knows
+nothing of HTTP.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from typing import Any
+
+from twisted.plugin import IPlugin
+from zope.interface import provider
+
+from pipedingest.engine.baton import get_path, set_path
+from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Option, Processor
+from pipedingest.ner.errors import ArticleTimeout, ArticleTooLarge, PoisonArticle, PoolOverloaded, PoolStopped
+from pipedingest.web.errors import WebError, describe_failure
+
+TEXT_FIELDS = ("id", "title", "source", "url", "published")
+ALL_FIELDS = ("body",) + TEXT_FIELDS
+
+
+def article_id(article: dict) -> str:
+    """A stable id from the article's content (the same article always gets the same id)."""
+    canonical = json.dumps([article.get(key) for key in ("title", "body", "source", "url", "published")],
+                           ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+def check_article(value: Any, max_chars: int | None) -> dict:
+    """The article in *value*, or a WebError (400/413) saying what is wrong with it."""
+    if not isinstance(value, dict):
+        raise WebError(400, "an article must be a JSON object", expected={"body": "text", "title": "text"})
+    unknown = sorted(set(value) - set(ALL_FIELDS))
+    if unknown:
+        raise WebError(400, f"unknown article field(s): {', '.join(unknown)}", allowed=list(ALL_FIELDS))
+    wrong = [key for key in ALL_FIELDS if key in value and not isinstance(value[key], str)]
+    if wrong:
+        raise WebError(400, f"article field(s) must be text: {', '.join(wrong)}")
+    body = value.get("body")
+    if body is None or not body.strip():
+        raise WebError(400, "the article has no body", field="body")
+    if max_chars is not None and len(body) > max_chars:
+        raise WebError(413, f"the article body has {len(body)} characters; the limit is {max_chars}",
+                       limit_chars=max_chars)
+    article = {key: value[key] for key in ALL_FIELDS if key in value}
+    if not article.get("id"):
+        article["id"] = article_id(article)
+    return article
+
+
+def request_json(request) -> Any:
+    """The request's JSON body, whatever content type the client declared."""
+    if request.json is not None:
+        return request.json
+    if not request.body:
+        raise WebError(400, "the request has no body; send a JSON article")
+    try:
+        return json.loads(request.body)
+    except UnicodeDecodeError:
+        raise WebError(400, "request body is not UTF-8") from None
+    except ValueError as exc:
+        raise WebError(400, f"malformed JSON: {exc}") from None
+
+
+MAX_CHARS = Option((int, type(None)), None, "the longest body accepted (413 beyond); null: only the body limit")
+
+
+@provider(IPlugin, IProcessor)
+class ValidateArticle(InputOutputProcessor):
+    """The request's JSON body as a checked article (with a content-hash id when none is given)."""
+
+    name = "validate-article"
+    options = {"input_path": Option(str, "request", "where the request is"),
+               "output_path": Option(str, "article", "where to put the article"),
+               "max_chars": MAX_CHARS}
+
+    def process_input(self, request, baton):
+        return check_article(request_json(request), self.config["max_chars"])
+
+
+@provider(IPlugin, IProcessor)
+class ValidateArticles(InputOutputProcessor):
+    """A JSON array or NDJSON body as a list of items: ``{"article": ...}`` or ``{"status", "error"}``.
+
+    One bad article does not fail the others; too many articles fails the request (413).
+    """
+
+    name = "validate-articles"
+    options = {"input_path": Option(str, "request", "where the request is"),
+               "output_path": Option(str, "items", "where to put the items"),
+               "max_articles": Option(int, 100, "the most articles one request may carry"),
+               "max_chars": MAX_CHARS}
+
+    def process_input(self, request, baton):
+        values = self._values(request)
+        if len(values) > self.config["max_articles"]:
+            raise WebError(413, f"{len(values)} articles in one request; the limit is {self.config['max_articles']}",
+                           limit_articles=self.config["max_articles"])
+        if not values:
+            raise WebError(400, "the batch is empty")
+        items = []
+        for value in values:
+            if isinstance(value, WebError):
+                items.append({"status": value.status, "error": {"status": value.status, "message": value.message}})
+                continue
+            try:
+                items.append({"article": check_article(value, self.config["max_chars"])})
+            except WebError as error:
+                items.append({"status": error.status, "error": {"status": error.status, "message": error.message}})
+        return items
+
+    def _values(self, request) -> list:
+        if request.json is not None or request.content_type == "application/json":
+            parsed = request_json(request)
+            if not isinstance(parsed, list):
+                raise WebError(400, "a batch must be a JSON array of articles (or NDJSON, one per line)")
+            return parsed
+        try:
+            text = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WebError(400, "request body is not UTF-8") from None
+        stripped = text.lstrip()
+        if stripped.startswith("["):
+            try:
+                parsed = json.loads(stripped)
+            except ValueError as exc:
+                raise WebError(400, f"malformed JSON: {exc}") from None
+            return parsed if isinstance(parsed, list) else [parsed]
+        values = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                values.append(json.loads(line))
+            except ValueError as exc:
+                values.append(WebError(400, f"line {number}: malformed JSON: {exc}"))
+        return values
+
+
+@provider(IPlugin, IProcessor)
+class ExtractEntities(InputOutputProcessor):
+    """The named entities of an article, from the NER pool.
+
+    While it waits, the baton is entered in the ``pending`` table (if named), so
+    the reaper answers it should it wait too long, and a client disconnect takes
+    the article out of the pool's queue.
+    """
+
+    name = "extract-entities"
+    options = {"input_path": Option(str, "article", "where the article is"),
+               "output_path": Option(str, "result", "where to put the result"),
+               "pending": Option((str, type(None)), None, "the pending table to wait in"),
+               "deadline": Option((float, type(None)), None, "seconds for this article (default: the pool's)")}
+
+    def __init__(self, config, step):
+        super().__init__(config, step)
+        self.pool = step.runtime.reference("ner.pool", step.where, "NER pool (a 'ner:' section)")
+        self.pending = None
+        if config["pending"]:
+            self.pending = step.runtime.reference(f"pending.{config['pending']}", step.where_of("pending"),
+                                                  "pending table")
+
+    def process_input(self, article, baton):
+        work = self.pool.value.extract(article["body"], self.config["deadline"])
+        if self.pending is not None:
+            work = self.pending.value.track(baton, work)
+        return work.addCallbacks(self._result, self._failed, callbackArgs=(article,))
+
+    @staticmethod
+    def _result(extracted: dict, article: dict) -> dict:
+        counts = Counter(entity["label"] for entity in extracted["entities"])
+        return {"id": article["id"], "entities": extracted["entities"], "entity_counts": dict(sorted(counts.items())),
+                "model": extracted["model"], "words": extracted["words"]}
+
+    @staticmethod
+    def _failed(failure):
+        if failure.check(PoolOverloaded):
+            retry = max(1, int(failure.value.retry_after))
+            raise WebError(503, "too much work queued; retry later", {"retry-after": str(retry)},
+                           retry_after_seconds=retry)
+        if failure.check(PoolStopped):
+            raise WebError(503, "entity extraction is not running", {"retry-after": "5"})
+        if failure.check(PoisonArticle):
+            raise WebError(422, "this article crashed the entity extractor twice; it will not be retried")
+        if failure.check(ArticleTimeout):
+            raise WebError(504, "entity extraction took too long")
+        if failure.check(ArticleTooLarge):
+            raise WebError(413, str(failure.value))
+        return failure
+
+
+@provider(IPlugin, IProcessor)
+class DescribeError(Processor):
+    """Replace a failed baton with ``{"status", "error"}``, as a batch reports one failed article."""
+
+    name = "describe-error"
+    options = {"output_path": Option(str, "", "where to put the description ('' replaces the baton)")}
+
+    def process(self, baton):
+        status, error, _ = describe_failure(baton["failure"], "in a batch item")
+        return set_path(baton, self.config["output_path"], {"status": status, "error": error})
+
+
+@provider(IPlugin, IProcessor)
+class BatchResponse(InputOutputProcessor):
+    """The per-article results of a batch as one response body, with counts by status."""
+
+    name = "batch-response"
+    options = {"input_path": Option(str, "results", "the list of per-article results"),
+               "output_path": Option(str, "content", "where to put the response body")}
+
+    def process_input(self, results, baton):
+        counts = Counter(str(item.get("status", 200)) for item in results)
+        return {"count": len(results), "statuses": dict(sorted(counts.items())), "results": results}
