@@ -157,7 +157,8 @@ class ExtractEntities(InputOutputProcessor):
     options = {"input_path": Option(str, "article", "where the article is"),
                "output_path": Option(str, "result", "where to put the result"),
                "pending": Option((str, type(None)), None, "the pending table to wait in"),
-               "deadline": Option((float, type(None)), None, "seconds for this article (default: the pool's)")}
+               "deadline": Option((float, type(None)), None, "seconds for an article (default: the pool's)"),
+               "seconds_per_1000_words": Option(float, 0.5, "more time for long articles, per 1000 words")}
 
     def __init__(self, config, step):
         super().__init__(config, step)
@@ -168,9 +169,16 @@ class ExtractEntities(InputOutputProcessor):
                                                   "pending table")
 
     def process_input(self, article, baton):
-        work = self.pool.value.extract(article["body"], self.config["deadline"])
+        pool = self.pool.value
+        body = article["body"]
+        base = self.config["deadline"] or pool.deadline
+        # A long article needs longer: the deadline grows with its length, so that a
+        # 1 MiB article (about 170,000 words) is not timed out by a budget meant for news items.
+        deadline = base + body.count(" ") / 1000 * self.config["seconds_per_1000_words"]
+        work = pool.extract(body, deadline)
         if self.pending is not None:
-            work = self.pending.value.track(baton, work)
+            table = self.pending.value
+            work = table.track(baton, work, timeout=max(table.timeout, deadline + table.timeout - base))
         return work.addCallbacks(self._result, self._failed, callbackArgs=(article,))
 
     @staticmethod
