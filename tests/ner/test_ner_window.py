@@ -1,0 +1,109 @@
+"""The batching window, backpressure, cancellation and queue deadlines, on a pool whose clock is ``task.Clock``.
+
+The children are real; only time is driven by the test. Each test submits its articles synchronously, so what
+the queue holds is decided before any child can answer.
+"""
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from pipedingest.ner.errors import ArticleTimeout, PoolOverloaded
+from pipedingest.ner.pool import NERPool
+
+pytestmark = pytest.mark.slow
+
+WINDOW = 1.0
+
+
+@pytest_twisted.async_yield_fixture(scope="module")
+async def clocked(model):
+    clock = task.Clock()
+    ner = NERPool(**model, min_children=2, max_batch_docs=16, max_wait=WINDOW,
+                  deadline=100.0, max_queued=3, clock=clock)
+    await ner.startService()
+    yield ner
+    await ner.stopService()
+
+
+async def settled(pool, until):
+    await until(lambda: not pool.state()["in_flight"]["batches"], what="no batch in flight")
+
+
+@pytest_twisted.ensureDeferred
+async def test_lone_article_is_sent_at_once(clocked, corpus, alone, until):
+    await settled(clocked, until)
+    result = clocked.extract(corpus[500])
+    assert clocked.state()["in_flight"]["articles"] == 1  # the clock never moved
+    assert (await result)["entities"] == alone(corpus[500])
+
+
+@pytest_twisted.ensureDeferred
+async def test_articles_arriving_while_a_child_works_wait_for_the_window_then_go_as_one_batch(
+    clocked, corpus, alone, until
+):
+    await settled(clocked, until)
+    texts = corpus[510:513]
+    before = clocked.state()["batches"]
+    results = [clocked.extract(text) for text in texts]
+    state = clocked.state()
+    assert state["in_flight"]["articles"] == 1 and state["queued"]["articles"] == 2
+    clocked.clock.advance(WINDOW / 2)
+    assert clocked.state()["queued"]["articles"] == 2
+    clocked.clock.advance(WINDOW / 2)
+    state = clocked.state()
+    assert state["queued"]["articles"] == 0 and state["batches"] == before + 2
+    assert [result["entities"] for result in await defer.gatherResults(results)] == [alone(t) for t in texts]
+
+
+@pytest_twisted.ensureDeferred
+async def test_beyond_max_queued_is_refused_at_once_and_nothing_is_queued(clocked, corpus, until):
+    await settled(clocked, until)
+    accepted = [clocked.extract(text) for text in corpus[520:524]]  # 1 in flight, 3 queued
+    assert clocked.state()["queued"]["articles"] == 3
+    refused = clocked.extract(corpus[524])
+    assert refused.called
+    with pytest.raises(PoolOverloaded) as raised:
+        await refused
+    assert raised.value.retry_after >= 1
+    assert clocked.state()["queued"]["articles"] == 3
+    clocked.clock.advance(WINDOW)
+    await defer.gatherResults(accepted)
+    assert clocked.state()["queued"] == {"articles": 0, "words": 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelled_before_dispatch_is_taken_out_of_the_queue(clocked, corpus, alone, until):
+    await settled(clocked, until)
+    before = clocked.state()
+    first, cancelled, kept = [clocked.extract(text) for text in corpus[530:533]]
+    words = clocked.state()["queued"]["words"]
+    cancelled.cancel()
+    with pytest.raises(defer.CancelledError):
+        await cancelled
+    state = clocked.state()
+    assert state["queued"]["articles"] == 1 and state["queued"]["words"] < words
+    clocked.clock.advance(WINDOW)
+    assert (await kept)["entities"] == alone(corpus[532])
+    await first
+    after = clocked.state()
+    assert after["articles"] - before["articles"] == 2  # the cancelled article never reached a child
+    assert after["cancelled"] == before["cancelled"] + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_deadline_passing_in_the_queue_fails_the_article_without_a_child(clocked, corpus, until):
+    await settled(clocked, until)
+    before = clocked.state()
+    first = clocked.extract(corpus[540])
+    late = clocked.extract(corpus[541], deadline=WINDOW / 4)
+    clocked.clock.advance(WINDOW / 4)
+    with pytest.raises(ArticleTimeout) as raised:
+        await late
+    assert not raised.value.dispatched
+    assert clocked.state()["queued"]["articles"] == 0
+    await first
+    after = clocked.state()
+    assert after["timeouts"] == before["timeouts"] + 1
+    assert after["children"] == 2 and after["restarts"] == before["restarts"]  # no child was harmed
