@@ -15,3 +15,7 @@ test: setup
 
 check: setup
 	.venv/bin/twistd --pidfile= -n ingest -c $(CONFIG) --check
+
+bench: setup
+	.venv/bin/python -m pip install --quiet -r bench/requirements.txt
+	.venv/bin/python bench/ner_http.py
