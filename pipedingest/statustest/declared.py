@@ -10,7 +10,7 @@
           query: {n: [1, 2, 3]}
           json: {...}                 # a JSON request body (or body: raw text)
           expect:
-            status: 200
+            status: 200               # or a list: [200, 201]
             json: {sum: 14}           # a subset: these keys (recursively) must match
             contains: "text"          # the body must contain this text
 """
@@ -31,7 +31,7 @@ CASE_OPTIONS = {
     "expect": Option(dict, doc="status, json (a subset) and/or contains"),
 }
 EXPECT_OPTIONS = {
-    "status": Option(int, 200, "the expected status"),
+    "status": Option((int, list), 200, "the expected status, or a list of acceptable ones"),
     "json": Option(object, None, "a JSON subset the body must contain"),
     "contains": Option((str, type(None)), None, "text the body must contain"),
 }
@@ -84,8 +84,9 @@ class DeclaredCase:
 
     def check(self, response) -> None:
         expect = self.expect
-        if response.status != expect["status"]:
-            raise AssertionError(f"expected status {expect['status']}, got {response.status}: "
+        wanted = expect["status"] if isinstance(expect["status"], list) else [expect["status"]]
+        if response.status not in wanted:
+            raise AssertionError(f"expected status {' or '.join(map(str, wanted))}, got {response.status}: "
                                  f"{response.body[:300]!r}")
         if expect["contains"] is not None and expect["contains"].encode("utf-8") not in response.body:
             raise AssertionError(f"the body does not contain {expect['contains']!r}: {response.body[:300]!r}")

@@ -1,0 +1,115 @@
+"""Processors that keep articles and read them back: ``store-article``, ``fetch-article``, ``list-articles``.
+
+They name a store declared under ``stores:``; the store's errors become HTTP
+statuses here (the stores know nothing of HTTP).
+"""
+from __future__ import annotations
+
+from twisted.plugin import IPlugin
+from zope.interface import provider
+
+from pipedingest.engine.baton import get_path, set_path
+from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Option, Processor
+from pipedingest.store.base import DocumentTooLarge, InvalidArticle, PermanentStoreError, StoreUnavailable
+from pipedingest.web.errors import WebError
+
+STORE = Option(str, "articles", "the store's name under 'stores:'")
+DOCUMENT_FIELDS = ("title", "source", "url", "published", "body")
+RESULT_FIELDS = ("entities", "entity_counts", "words", "model")
+
+
+def store_reference(step, name: str):
+    return step.runtime.reference(f"store.{name}", step.where_of("store"), "store")
+
+
+def store_failed(failure):
+    """The HTTP answer for a store failure."""
+    if failure.check(DocumentTooLarge):
+        raise WebError(413, failure.value.message, limit_bytes=failure.value.limit)
+    if failure.check(InvalidArticle):
+        raise WebError(400, failure.value.message)
+    if failure.check(StoreUnavailable):
+        raise WebError(503, f"the store is unavailable: {failure.value.message}", {"retry-after": "5"})
+    if failure.check(PermanentStoreError):
+        raise WebError(502, f"the store refused the article: {failure.value.message}")
+    return failure
+
+
+@provider(IPlugin, IProcessor)
+class StoreArticle(Processor):
+    """Keep an article with its entities; 201 when it is new, 200 when that id was already stored.
+
+    Idempotent: posting the same article again stores nothing twice and counts nothing twice.
+    """
+
+    name = "store-article"
+    options = {
+        "store": STORE,
+        "article_path": Option(str, "article", "where the article is"),
+        "result_path": Option(str, "result", "where the entities are"),
+        "status_path": Option(str, "status", "where to put 201 (created) or 200 (already stored)"),
+        "output_path": Option(str, "stored", "where to put true (created) or false"),
+    }
+
+    def __init__(self, config, step):
+        super().__init__(config, step)
+        self.store = store_reference(step, config["store"])
+
+    def process(self, baton):
+        article = get_path(baton, self.config["article_path"])
+        result = get_path(baton, self.config["result_path"])
+        document = {"id": article["id"]}
+        document.update({key: article[key] for key in DOCUMENT_FIELDS if key in article})
+        document.update({key: result[key] for key in RESULT_FIELDS if key in result})
+        return self.store.value.put(document).addCallbacks(self._stored, store_failed, callbackArgs=(baton,))
+
+    def _stored(self, created: bool, baton):
+        baton = set_path(baton, self.config["output_path"], created)
+        return set_path(baton, self.config["status_path"], 201 if created else 200)
+
+
+@provider(IPlugin, IProcessor)
+class FetchArticle(InputOutputProcessor):
+    """The stored document of an article id; 404 when there is none."""
+
+    name = "fetch-article"
+    options = {"store": STORE,
+               "input_path": Option(str, "request.path_params.id", "where the article id is"),
+               "output_path": Option(str, "content", "where to put the document")}
+
+    def __init__(self, config, step):
+        super().__init__(config, step)
+        self.store = store_reference(step, config["store"])
+
+    def process_input(self, article_id, baton):
+        return self.store.value.get(article_id).addCallbacks(self._found, store_failed, callbackArgs=(article_id,))
+
+    @staticmethod
+    def _found(document, article_id):
+        if document is None:
+            raise WebError(404, f"no article with id {article_id!r}")
+        return document
+
+
+@provider(IPlugin, IProcessor)
+class ListArticles(InputOutputProcessor):
+    """The most recently stored articles, newest first: ``?source=S&limit=N``."""
+
+    name = "list-articles"
+    options = {"store": STORE,
+               "input_path": Option(str, "request.args", "the query arguments"),
+               "output_path": Option(str, "content", "where to put {articles, count}"),
+               "max_limit": Option(int, 100, "the largest limit a client may ask for")}
+
+    def __init__(self, config, step):
+        super().__init__(config, step)
+        self.store = store_reference(step, config["store"])
+
+    def process_input(self, args, baton):
+        source = (args.get("source") or [None])[0]
+        raw_limit = (args.get("limit") or ["20"])[0]
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= self.config["max_limit"]:
+            raise WebError(400, f"limit must be a whole number from 1 to {self.config['max_limit']}",
+                           given=raw_limit)
+        listed = self.store.value.recent(source=source, limit=int(raw_limit))
+        return listed.addCallbacks(lambda articles: {"count": len(articles), "articles": articles}, store_failed)
