@@ -1,0 +1,1 @@
+"""Where processed articles are kept: the interface in ``base``, SQLite and Firestore behind it."""

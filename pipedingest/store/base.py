@@ -1,0 +1,281 @@
+"""The article store: one interface, the stored document's shape, and the errors.
+
+Two implementations plug in behind :class:`IArticleStore`: SQLite (the
+embedded default) and Cloud Firestore.  Both keep the same document shape and
+the same promises, so a pipeline never knows which one it talks to:
+
+* ``put`` is idempotent: an article id is stored at most once, and its entity
+  counters are applied at most once, however often and however concurrently
+  it is posted.  The Deferred says whether this call created it.
+* Every ``put`` ends: its Deferred fires with True/False or fails with a
+  :class:`StoreError`.  Nothing is dropped without a report.
+* Documents returned by ``get``/``recent`` are JSON-able; timestamps are
+  ISO 8601 UTC strings ending in ``Z``.
+* No call blocks the reactor thread: each store runs its client on its own
+  thread pool, started and stopped with the service.
+
+Huge bodies are refused, not split: a document whose Firestore storage size
+(see :func:`document_size`) exceeds ``max_document_bytes`` (default: Firestore's
+1 MiB) fails with :class:`DocumentTooLarge` before anything is sent, in both
+stores, so that the HTTP layer can answer 413 and dev behaves like prod.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import Attribute
+
+#: The fields an article carries into the store (besides its ``id``).
+ARTICLE_FIELDS = (
+    "title", "source", "url", "published", "body",
+    "entities", "entity_counts", "words", "model",
+)
+#: Firestore's limit on one document, the default limit for every store.
+MAX_DOCUMENT_BYTES = 1_048_576
+
+_RESERVED_ID = re.compile(r"^__.*__$")
+
+
+class StoreError(Exception):
+    """An article could not be stored or read; ``article_id`` says which (or None)."""
+
+    def __init__(self, message: str, article_id: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.article_id = article_id
+
+
+class PermanentStoreError(StoreError):
+    """The store refused this article; sending it again unchanged will fail again."""
+
+
+class InvalidArticle(PermanentStoreError):
+    """The article dict does not have the shape the store keeps (bad id, unknown keys)."""
+
+
+class DocumentTooLarge(PermanentStoreError):
+    """The document would exceed the per-document limit (Firestore: 1 MiB); answer 413."""
+
+    def __init__(self, article_id: str, size: int, limit: int):
+        super().__init__(
+            f"article {article_id!r} would be a {size}-byte document, over the "
+            f"{limit}-byte limit; shorten its body", article_id)
+        self.size = size
+        self.limit = limit
+
+
+class StoreUnavailable(StoreError):
+    """The store is not running, or kept failing transiently past the retry deadline; try later (503)."""
+
+
+class IArticleStore(IService):
+    """Keeps processed articles, once each, and reads them back."""
+
+    kind = Attribute("A short name of the implementation: 'sqlite' or 'firestore'.")
+
+    def put(article):
+        """Store *article*; Deferred[bool]: True if created now, False if that id was already stored."""
+
+    def get(article_id):
+        """Deferred[dict | None]: the stored document with its ``id``, or None."""
+
+    def recent(source=None, limit=20):
+        """Deferred[list[dict]]: the latest stored documents (by ``ingested_at``), newest first."""
+
+    def entity_counters(source):
+        """Deferred[dict]: ``{entity text: {"count": n, "labels": {label: n}}}`` for *source*."""
+
+    def state():
+        """A JSON-able dict for /status: queued, in_flight, commits, retries, errors, threads."""
+
+
+def check_article_id(article_id: Any) -> str:
+    """Refuse ids that are not valid Firestore document ids, in every store alike."""
+    if not isinstance(article_id, str) or not article_id:
+        raise InvalidArticle(f"article id must be a non-empty string, not {article_id!r}")
+    problem = None
+    if "/" in article_id:
+        problem = "contains '/'"
+    elif article_id in (".", ".."):
+        problem = "is '.' or '..'"
+    elif _RESERVED_ID.match(article_id):
+        problem = "matches the reserved pattern __.*__"
+    elif len(article_id.encode("utf-8")) > 1500:
+        problem = "is longer than 1500 bytes"
+    if problem:
+        raise InvalidArticle(f"article id {article_id!r} {problem}", article_id)
+    return article_id
+
+
+def article_fields(article: dict) -> dict:
+    """The stored fields of *article* (without ``id`` and ``ingested_at``), checked for shape.
+
+    Unknown keys are refused rather than dropped, so that nothing a caller sends is
+    lost without a word; missing optional keys are simply absent from the document.
+    """
+    if not isinstance(article, dict):
+        raise InvalidArticle(f"an article must be a dict, not {type(article).__name__}")
+    article_id = check_article_id(article.get("id"))
+    unknown = sorted(set(article) - set(ARTICLE_FIELDS) - {"id"})
+    if unknown:
+        raise InvalidArticle(
+            f"article {article_id!r} has keys the store does not keep: {', '.join(unknown)}; "
+            f"allowed: id, {', '.join(ARTICLE_FIELDS)}", article_id)
+    source = article.get("source")
+    if not isinstance(source, str) or not source:
+        raise InvalidArticle(f"article {article_id!r} needs a non-empty string 'source'", article_id)
+    return {key: article[key] for key in ARTICLE_FIELDS if key in article}
+
+
+def entity_tally(entities) -> dict[str, dict[str, int]]:
+    """Occurrences per entity text and label: ``{text: {label: n}}``, for the counters."""
+    tally: dict[str, dict[str, int]] = {}
+    for entity in entities or ():
+        text = entity.get("text") if isinstance(entity, dict) else None
+        label = entity.get("label") if isinstance(entity, dict) else None
+        if not isinstance(text, str) or not text or not isinstance(label, str) or not label:
+            raise InvalidArticle(f"an entity needs a non-empty 'text' and 'label' to be counted: {entity!r:.100}")
+        labels = tally.setdefault(text, {})
+        labels[label] = labels.get(label, 0) + 1
+    return tally
+
+
+def value_size(value: Any) -> int:
+    """Firestore's storage size of one value (https://firebase.google.com/docs/firestore/storage-size)."""
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, (int, float, datetime)):
+        return 8
+    if isinstance(value, str):
+        return len(value.encode("utf-8")) + 1
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(str(k).encode("utf-8")) + 1 + value_size(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(value_size(v) for v in value)
+    raise InvalidArticle(f"a value of type {type(value).__name__} cannot be stored: {value!r:.60}")
+
+
+def document_size(collection: str, article_id: str, fields: dict) -> int:
+    """Firestore's storage size of the article's document, ``ingested_at`` included.
+
+    This is the measure the 1 MiB limit applies to; both stores use it so that an
+    article accepted in development is accepted in production.
+    """
+    name = len(collection.encode("utf-8")) + 1 + len(article_id.encode("utf-8")) + 1 + 16
+    ingested_at = len("ingested_at") + 1 + 8
+    return name + value_size(fields) + ingested_at + 32
+
+
+def iso_utc(moment: datetime) -> str:
+    """``2025-01-31T12:00:00.123456Z``: sortable as text, and what the JSON API shows."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def jsonable(value: Any) -> Any:
+    """*value* with every timestamp turned into an ISO 8601 UTC string."""
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def check_limit(limit: Any) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+        raise ValueError(f"limit must be an integer from 1 to 1000, not {limit!r}")
+    return limit
+
+
+class ThreadedStore(Service):
+    """A service that runs a blocking client on its own sized thread pool.
+
+    The pool starts with the service.  ``stopService`` first lets subclasses flush
+    (:meth:`flush`), then waits for every call still in a thread, and only then
+    stops the pool, so joining its threads never blocks the reactor for long.
+    """
+
+    kind = "store"
+
+    def __init__(self, threads: int, reactor=None, clock=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self._threads = threads
+        self._pool = self._new_pool()
+        self._busy = 0
+        self._idle: list[Deferred] = []
+
+    def _new_pool(self) -> ThreadPool:
+        return ThreadPool(minthreads=1, maxthreads=self._threads, name=f"store-{self.kind}")
+
+    def startService(self):
+        super().startService()
+        if self._pool.joined:  # a stopped pool cannot take work again
+            self._pool = self._new_pool()
+        self._pool.start()
+
+    def stopService(self):
+        super().stopService()
+        done = self.flush()
+        done.addCallback(lambda _: self._until_idle())
+        done.addCallback(lambda _: self.closing())
+        done.addBoth(self._stop_pool)
+        return done
+
+    def flush(self) -> Deferred:
+        """Deferred that fires when every accepted write has been settled."""
+        return succeed(None)
+
+    def closing(self) -> Deferred | None:
+        """Last work on the pool before it stops (closing a connection)."""
+        return None
+
+    def _stop_pool(self, result):
+        if self._pool.started:
+            self._pool.stop()
+        return result
+
+    def _until_idle(self) -> Deferred:
+        if not self._busy:
+            return succeed(None)
+        waiter = Deferred()
+        self._idle.append(waiter)
+        return waiter
+
+    def in_thread(self, function, *args, **kwargs) -> Deferred:
+        """Run *function* on this store's pool; the Deferred fires on the reactor thread."""
+        if not self._pool.started:
+            return fail(StoreUnavailable(f"the {self.kind} store is not running"))
+        self._busy += 1
+
+        def settled(result):
+            self._busy -= 1
+            if not self._busy:
+                waiters, self._idle = self._idle, []
+                for waiter in waiters:
+                    waiter.callback(None)
+            return result
+
+        call = deferToThreadPool(self._reactor, self._pool, function, *args, **kwargs)
+        return call.addBoth(settled)
+
+    def calls_state(self) -> dict:
+        """Calls waiting for a thread, and calls running in one."""
+        working = len(self._pool.working)
+        return {"queued": max(0, self._busy - working), "in_flight": working}
+
+    def thread_state(self) -> dict:
+        return {"size": self._pool.max, "busy": len(self._pool.working)}

@@ -1,0 +1,535 @@
+"""Cloud Firestore as the article store: batched, idempotent, retried commits.
+
+The only module that imports the Firestore client.  Every client call runs on the
+store's own sized thread pool (never the reactor thread, never the reactor's
+default pool); the client itself is created there on first use, because finding
+credentials may block.  ``FIRESTORE_EMULATOR_HOST`` is honoured by the client;
+with it set the store uses anonymous credentials.
+
+**Batching.**  Puts wait in a queue for up to ``batch_window`` seconds, then go
+out in commits of at most ``max_batch_writes`` writes and ``max_batch_bytes``
+bytes (an upper bound of the request's encoded size; the emulator refuses
+requests over 4 MiB).  At most ``max_concurrent_commits`` commits run at once;
+under load the queue fills while they run, so batches grow by themselves.
+
+**Idempotency.**  Each article is written with ``create()``, a precondition that
+its document does not exist, and its entity counters (``Increment``) go in the
+same commit, which Firestore applies atomically.  One existing id fails the whole
+commit with ALREADY_EXISTS, so the store then reads the batch's ids, settles the
+ones that exist (False) and commits the rest again.  Each document carries a
+private ``_ingest_token`` unique to its put, so when a commit did land but its
+answer was lost (a timeout, a dropped connection) the retry recognises its own
+document and still reports True.  Two puts of one id are never in flight at once.
+
+**Failures.**  Transient errors (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
+RESOURCE_EXHAUSTED, INTERNAL) retry the commit with exponential backoff and
+jitter until ``retry_deadline`` seconds have passed since its first attempt;
+then its articles fail with :class:`StoreUnavailable`.  Any other error splits the
+batch in halves until the article at fault is alone; that one fails with
+:class:`PermanentStoreError` and a log line, and the rest are stored.  Every put's
+Deferred fires; no write is dropped without a report (which is why BulkWriter,
+which can drop a rejected batch silently, is not used).
+
+**Reads** (``get``, ``recent``, ``entity_counters``) make one attempt; a transient
+failure is a :class:`StoreUnavailable` the caller may retry.  ``recent`` with a
+``source`` needs a composite index in production: ``source`` ascending,
+``ingested_at`` descending, on the collection.  Documents committed together share
+their server timestamp; ``recent`` then orders them by id.
+"""
+from __future__ import annotations
+
+import os
+import random as _random
+import threading
+import uuid
+from collections import deque
+from urllib.parse import quote
+
+from google.api_core import exceptions as api_exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
+from google.cloud.firestore_v1 import Increment
+from google.cloud.firestore_v1.base_query import FieldFilter
+from twisted.internet import task
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pipedingest.store.base import (
+    MAX_DOCUMENT_BYTES,
+    DocumentTooLarge,
+    IArticleStore,
+    PermanentStoreError,
+    StoreError,
+    StoreUnavailable,
+    ThreadedStore,
+    article_fields,
+    check_limit,
+    document_size,
+    entity_tally,
+    jsonable,
+)
+
+log = Logger()
+
+#: A private field naming the put that created the document (see the module docstring).
+TOKEN_FIELD = "_ingest_token"
+
+_TRANSIENT = (
+    api_exceptions.ServiceUnavailable,
+    api_exceptions.DeadlineExceeded,
+    api_exceptions.Aborted,
+    api_exceptions.ResourceExhausted,
+    api_exceptions.InternalServerError,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth retrying unchanged?  A request over the server's size cap is not, though
+    it arrives as RESOURCE_EXHAUSTED: splitting the batch is what helps."""
+    if isinstance(error, api_exceptions.ResourceExhausted) and "exceeds maximum size" in str(error):
+        return False
+    return isinstance(error, _TRANSIENT)
+
+
+def document_id(text: str) -> str:
+    """A valid Firestore document id for *text* (a source or an entity), readable when possible."""
+    escaped = quote(text, safe=" !$&'()*+,;=:@-._~")
+    if escaped in ("", ".", ".."):
+        escaped = escaped.replace(".", "%2E") or "%00"
+    if escaped.startswith("__") and escaped.endswith("__"):
+        escaped = "%5F" + escaped[1:]
+    return escaped[:1500]
+
+
+def wire_size(value) -> int:
+    """An upper bound of *value*'s size once encoded as a Firestore ``Value`` protobuf.
+
+    Per value: a 2-byte tag and a 5-byte length; per map entry: another 2 tags, 2
+    lengths and the key.  Loose for tiny values, tight for bodies, which dominate.
+    """
+    if isinstance(value, str):
+        return 7 + len(value.encode("utf-8"))
+    if isinstance(value, (bytes, bytearray)):
+        return 7 + len(value)
+    if isinstance(value, dict):
+        return 7 + sum(12 + len(str(key).encode("utf-8")) + wire_size(item)
+                       for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return 7 + sum(7 + wire_size(item) for item in value)
+    return 17  # numbers, booleans, null, timestamps
+
+
+class _Pending:
+    """One put on its way: what to write, how big it is, and who is waiting."""
+
+    __slots__ = ("article_id", "fields", "tally", "token", "writes", "size", "deferred", "created")
+
+    def __init__(self, article_id: str, fields: dict, tally: dict, path_bytes: int):
+        self.article_id = article_id
+        self.fields = fields
+        self.tally = tally
+        self.token = uuid.uuid4().hex
+        self.writes = 1 + len(tally)
+        # Per write: its document's path, the precondition or merge mask, the
+        # server-value transforms; per article: the token; all generously rounded up.
+        self.size = (path_bytes + len(article_id.encode("utf-8")) + 200 + wire_size(fields)
+                     + sum(path_bytes + 3 * len(text.encode("utf-8")) + 250 + wire_size(labels)
+                           for text, labels in tally.items()))
+        self.deferred: Deferred = Deferred()
+        self.created: bool | None = None
+
+
+class _Commit:
+    """What one thread-side commit did, for the counters in ``state()``."""
+
+    def __init__(self):
+        self.commits = 0
+        self.conflicts = 0
+
+
+@implementer(IArticleStore)
+class FirestoreStore(ThreadedStore):
+    """Articles in a Firestore collection, document id = article id.
+
+    :param project: the Google Cloud project; default ``$GOOGLE_CLOUD_PROJECT``.
+    :param collection: the articles' collection.
+    :param entity_counters: keep ``sources/{source}/entities/{entity}`` counters
+        (``count`` and ``labels.{label}``), applied in the commit that creates the article.
+    :param counters_collection: the top collection of the counters (``sources``).
+    :param threads: the size of the store's thread pool.
+    :param batch_window: seconds a put may wait for others to share its commit.
+    :param max_batch_writes: writes per commit (Firestore: 500).
+    :param max_batch_bytes: estimated request bytes per commit (the emulator caps 4 MiB).
+    :param max_concurrent_commits: commits in flight at once (keep below ``threads``
+        so reads still find a thread).
+    :param rpc_timeout: seconds one call to Firestore may take.
+    :param retry_initial, retry_maximum, retry_deadline: backoff of transient failures:
+        the first delay, the largest, and the total time before giving up.
+    :param max_document_bytes: refuse larger documents with :class:`DocumentTooLarge`.
+    :param clock: IReactorTime for the batch window and the backoff.
+    :param random: a ``random.Random`` for the jitter.
+    """
+
+    kind = "firestore"
+
+    def __init__(self, project: str | None = None, collection: str = "articles",
+                 entity_counters: bool = False, counters_collection: str = "sources",
+                 threads: int = 4, batch_window: float = 0.05, max_batch_writes: int = 500,
+                 max_batch_bytes: int = 3 * 1024 * 1024, max_concurrent_commits: int = 2,
+                 rpc_timeout: float = 30.0, retry_initial: float = 0.1, retry_maximum: float = 5.0,
+                 retry_deadline: float = 60.0, max_document_bytes: int = MAX_DOCUMENT_BYTES,
+                 reactor=None, clock=None, random: _random.Random | None = None):
+        if max_concurrent_commits < 1 or threads < 1:
+            raise ValueError("threads and max_concurrent_commits must be at least 1")
+        if not 1 <= max_batch_writes <= 500:
+            raise ValueError(f"max_batch_writes must be from 1 to 500, not {max_batch_writes}")
+        if not collection or "/" in collection:
+            raise ValueError(f"collection must be a collection id without '/', not {collection!r}")
+        super().__init__(threads=threads, reactor=reactor, clock=clock)
+        self.project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        self.collection = collection
+        self.entity_counters_enabled = entity_counters
+        self.counters_collection = counters_collection
+        self.batch_window = batch_window
+        self.max_batch_writes = max_batch_writes
+        self.max_batch_bytes = max_batch_bytes
+        self.max_concurrent_commits = max_concurrent_commits
+        self.rpc_timeout = rpc_timeout
+        self.retry_initial = retry_initial
+        self.retry_maximum = retry_maximum
+        self.retry_deadline = retry_deadline
+        self.max_document_bytes = max_document_bytes
+        self._random = random or _random.Random()
+        self._client_lock = threading.Lock()
+        self._client_instance = None
+        # The longest document path prefix a write names (project, database, collections).
+        self._path_bytes = len(f"projects/{self.project}/databases/(default)/documents/"
+                               f"{collection}/{counters_collection}/") + 64
+        self._queue: deque[_Pending] = deque()
+        self._queued_writes = 0
+        self._in_flight_ids: set[str] = set()
+        self._in_flight_items = 0
+        self._commits_running = 0
+        self._timer = None
+        self._flushed: list[Deferred] = []
+        self._stats = {"commits": 0, "retries": 0, "errors": 0, "created": 0, "existing": 0,
+                       "conflicts": 0, "split": 0}
+        self._largest = {"writes": 0, "bytes": 0}
+
+    # -- the client, in the pool's threads ------------------------------------
+
+    def _client(self):
+        with self._client_lock:
+            if self._client_instance is None:
+                credentials = AnonymousCredentials() if os.environ.get("FIRESTORE_EMULATOR_HOST") else None
+                self._client_instance = firestore.Client(project=self.project, credentials=credentials)
+            return self._client_instance
+
+    def closing(self):
+        return self.in_thread(self._close_client)
+
+    def _close_client(self):
+        with self._client_lock:
+            client, self._client_instance = self._client_instance, None
+        if client is not None:
+            client.close()
+
+    # -- put: queue, batch, commit ---------------------------------------------
+
+    def put(self, article):
+        try:
+            fields = article_fields(article)
+            article_id = article["id"]
+            size = document_size(self.collection, article_id, fields)
+            if size > self.max_document_bytes:
+                raise DocumentTooLarge(article_id, size, self.max_document_bytes)
+            tally = entity_tally(fields.get("entities")) if self.entity_counters_enabled else {}
+            item = _Pending(article_id, fields, tally, self._path_bytes)
+            if item.writes > self.max_batch_writes:
+                raise PermanentStoreError(
+                    f"article {article_id!r} has {len(tally)} distinct entities; their counters and "
+                    f"the article need {item.writes} writes, more than one commit's "
+                    f"{self.max_batch_writes}", article_id)
+            if item.size > self.max_batch_bytes:
+                raise PermanentStoreError(
+                    f"article {article_id!r} needs about {item.size} request bytes, more than "
+                    f"max_batch_bytes={self.max_batch_bytes}", article_id)
+        except StoreError:
+            self._stats["errors"] += 1
+            return fail()
+        if not self.running:
+            return fail(StoreUnavailable(f"the {self.kind} store is not running", article_id))
+        self._queue.append(item)
+        self._queued_writes += item.writes
+        self._schedule()
+        return item.deferred
+
+    def _schedule(self):
+        if self._queued_writes >= self.max_batch_writes:
+            self._drain()
+        elif self._timer is None and self._queue:
+            self._timer = self._clock.callLater(self.batch_window, self._drain)
+
+    def _drain(self):
+        """Start commits for what is queued, as far as the concurrency limit allows."""
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        while self._queue and self._commits_running < self.max_concurrent_commits:
+            batch = self._take_batch()
+            if not batch:
+                break  # everything queued waits for the same ids in flight
+            self._commits_running += 1
+            self._in_flight_items += len(batch)
+            self._commit(batch).addErrback(self._commit_broke, batch).addBoth(self._commit_ended)
+        self._check_flushed()
+
+    def _take_batch(self) -> list[_Pending]:
+        """The oldest queued puts that fit one commit, at most one per id, none already in flight."""
+        batch: list[_Pending] = []
+        ids: set[str] = set()
+        writes = size = 0
+        kept: deque[_Pending] = deque()
+        while self._queue:
+            item = self._queue.popleft()
+            fits = (writes + item.writes <= self.max_batch_writes
+                    and size + item.size <= self.max_batch_bytes)
+            if item.article_id in ids or item.article_id in self._in_flight_ids or not fits:
+                kept.append(item)
+                if not fits and batch:
+                    break
+                continue
+            batch.append(item)
+            ids.add(item.article_id)
+            writes += item.writes
+            size += item.size
+        kept.extend(self._queue)
+        self._queue = kept
+        self._queued_writes -= writes
+        self._in_flight_ids |= ids
+        return batch
+
+    def _commit_broke(self, failure, batch: list[_Pending]):
+        """A bug, not a Firestore answer: fail what is undecided rather than lose it."""
+        log.failure("storing a batch of {count} articles broke", failure, count=len(batch))
+        undecided = [item for item in batch if not item.deferred.called]
+        for item in undecided:
+            item.created = None
+        self._fail(undecided, StoreError, f"internal error while storing: {failure.getErrorMessage()}")
+
+    def _commit_ended(self, _):
+        self._commits_running -= 1
+        if self._queue:
+            self._drain()
+        self._check_flushed()
+
+    @inlineCallbacks
+    def _commit(self, batch: list[_Pending]):
+        """Commit *batch* until each of its puts is settled; never fails."""
+        first_attempt = self._clock.seconds()
+        failures = 0
+        while batch:
+            try:
+                result = yield self.in_thread(self._commit_in_thread, batch)
+            except Exception as error:
+                batch = self._settle_decided(batch)
+                if not batch:
+                    return
+                if is_transient(error):
+                    delay = min(self.retry_maximum, self.retry_initial * 2 ** failures)
+                    delay = delay / 2 + self._random.uniform(0, delay / 2)
+                    failures += 1
+                    if self._clock.seconds() + delay - first_attempt > self.retry_deadline:
+                        self._fail(batch, StoreUnavailable, f"Firestore kept failing for "
+                                   f"{self.retry_deadline:g}s; last error: {_describe(error)}")
+                        return
+                    self._stats["retries"] += 1
+                    log.warn("Firestore commit of {count} articles failed ({error}); retry {n} in {delay:.2f}s",
+                             count=len(batch), error=_describe(error), n=failures, delay=delay)
+                    yield task.deferLater(self._clock, delay, lambda: None)
+                    continue
+                if len(batch) == 1:
+                    self._fail(batch, PermanentStoreError,
+                               f"Firestore refused article {batch[0].article_id!r}: {_describe(error)}")
+                    return
+                self._stats["split"] += 1
+                middle = len(batch) // 2
+                yield self._commit(batch[:middle])
+                yield self._commit(batch[middle:])
+                return
+            else:
+                self._stats["commits"] += result.commits
+                self._stats["conflicts"] += result.conflicts
+                self._largest["writes"] = max(self._largest["writes"], sum(i.writes for i in batch))
+                self._largest["bytes"] = max(self._largest["bytes"], sum(i.size for i in batch))
+                self._settle_decided(batch)
+                return
+
+    def _commit_in_thread(self, batch: list[_Pending]) -> _Commit:
+        """Create the batch's documents and counters; decide ``created`` for each put.
+
+        Runs in a pool thread.  A commit that fails on an existing id is followed by a
+        read of the batch's ids, and the still-absent ones are committed again.
+        """
+        client = self._client()
+        articles = client.collection(self.collection)
+        pending = [item for item in batch if item.created is None]
+        outcome = _Commit()
+        for _ in range(len(pending) + 1):
+            writes = client.batch()
+            for item in pending:
+                self._add_writes(client, writes, item)
+            try:
+                writes.commit(retry=None, timeout=self.rpc_timeout)
+            except api_exceptions.AlreadyExists:
+                outcome.conflicts += 1
+                snapshots = client.get_all([articles.document(item.article_id) for item in pending],
+                                           field_paths=[TOKEN_FIELD], retry=None, timeout=self.rpc_timeout)
+                tokens = {snapshot.id: (snapshot.to_dict() or {}).get(TOKEN_FIELD)
+                          for snapshot in snapshots if snapshot.exists}
+                for item in pending:
+                    if item.article_id in tokens:
+                        item.created = tokens[item.article_id] == item.token
+                pending = [item for item in pending if item.created is None]
+                if not pending:
+                    return outcome
+                continue
+            outcome.commits += 1
+            for item in pending:
+                item.created = True
+            return outcome
+        raise api_exceptions.Aborted("documents kept appearing and vanishing during the commit")
+
+    def _add_writes(self, client, writes, item: _Pending):
+        """The article's create and its counters' increments, into the WriteBatch *writes*."""
+        writes.create(client.collection(self.collection).document(item.article_id),
+                      dict(item.fields, ingested_at=firestore.SERVER_TIMESTAMP, **{TOKEN_FIELD: item.token}))
+        entities = (client.collection(self.counters_collection)
+                    .document(document_id(item.fields["source"])).collection("entities"))
+        for text, labels in item.tally.items():
+            writes.set(entities.document(document_id(text)),
+                       {"text": text, "count": Increment(sum(labels.values())),
+                        "labels": {label: Increment(n) for label, n in labels.items()}},
+                       merge=True)
+
+    def _settle_decided(self, batch: list[_Pending]) -> list[_Pending]:
+        """Fire the Deferreds of the puts already decided; return the others."""
+        undecided = []
+        for item in batch:
+            if item.created is None:
+                undecided.append(item)
+                continue
+            self._stats["created" if item.created else "existing"] += 1
+            self._release(item)
+            item.deferred.callback(item.created)
+        return undecided
+
+    def _fail(self, batch: list[_Pending], error_class, message: str):
+        for item in batch:
+            self._stats["errors"] += 1
+            log.error("article {article_id} not stored: {message}", article_id=item.article_id,
+                      message=message)
+            self._release(item)
+            item.deferred.errback(error_class(message, item.article_id))
+
+    def _release(self, item: _Pending):
+        self._in_flight_ids.discard(item.article_id)
+        self._in_flight_items -= 1
+
+    # -- stopping --------------------------------------------------------------
+
+    def flush(self) -> Deferred:
+        """Commit everything queued now, and fire when every accepted put is settled."""
+        if self._queue:
+            self._drain()
+        if not self._queue and not self._commits_running:
+            return succeed(None)
+        waiter = Deferred()
+        self._flushed.append(waiter)
+        return waiter
+
+    def _check_flushed(self):
+        if self._flushed and not self._queue and not self._commits_running:
+            waiters, self._flushed = self._flushed, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, article_id):
+        return self._read(self._get, article_id)
+
+    def _get(self, article_id):
+        snapshot = (self._client().collection(self.collection).document(article_id)
+                    .get(retry=None, timeout=self.rpc_timeout))
+        return _document(snapshot) if snapshot.exists else None
+
+    def recent(self, source=None, limit=20):
+        try:
+            check_limit(limit)
+        except ValueError:
+            return fail()
+        return self._read(self._recent, source, limit)
+
+    def _recent(self, source, limit):
+        query = self._client().collection(self.collection)
+        if source is not None:
+            query = query.where(filter=FieldFilter("source", "==", source))
+        query = (query.order_by("ingested_at", direction=firestore.Query.DESCENDING)
+                 .order_by("__name__", direction=firestore.Query.DESCENDING).limit(limit))
+        return [_document(snapshot) for snapshot in query.stream(retry=None, timeout=self.rpc_timeout)]
+
+    def entity_counters(self, source):
+        return self._read(self._entity_counters, source)
+
+    def _entity_counters(self, source):
+        entities = (self._client().collection(self.counters_collection)
+                    .document(document_id(source)).collection("entities"))
+        counters = {}
+        for snapshot in entities.stream(retry=None, timeout=self.rpc_timeout):
+            data = snapshot.to_dict()
+            counters[data["text"]] = {"count": data.get("count", 0), "labels": data.get("labels", {})}
+        return counters
+
+    def _read(self, function, *args):
+        def translate(failure):
+            error = failure.value
+            if isinstance(error, StoreError):
+                return failure
+            if is_transient(error):
+                raise StoreUnavailable(f"Firestore read failed: {_describe(error)}")
+            raise StoreError(f"Firestore read failed: {_describe(error)}")
+
+        return self.in_thread(function, *args).addErrback(translate)
+
+    # -- status ----------------------------------------------------------------
+
+    def state(self):
+        return {
+            "kind": self.kind,
+            "running": bool(self.running),
+            "project": self.project,
+            "collection": self.collection,
+            "emulator": os.environ.get("FIRESTORE_EMULATOR_HOST"),
+            "queued": len(self._queue),
+            "in_flight": self._in_flight_items,
+            "commits_in_flight": self._commits_running,
+            **self._stats,
+            "largest_commit": dict(self._largest),
+            "batch": {"window": self.batch_window, "max_writes": self.max_batch_writes,
+                      "max_bytes": self.max_batch_bytes},
+            "threads": self.thread_state(),
+        }
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _document(snapshot) -> dict:
+    data = snapshot.to_dict()
+    data.pop(TOKEN_FIELD, None)
+    return jsonable({"id": snapshot.id, **data})

@@ -1,0 +1,223 @@
+"""The embedded article store: stdlib sqlite3 on one dedicated thread.
+
+SQLite connections belong to the thread that opened them, so the store owns a
+pool of exactly one thread; the connection is opened, used and closed there,
+and ``check_same_thread`` stays on so a mistake fails loudly.  WAL mode lets
+readers (another process, the sqlite3 shell) look while the daemon writes.
+
+Each ``put`` is one transaction: ``INSERT OR IGNORE`` of the document, and,
+only when that inserted a row, the entity counters, so a repeated id is never
+stored or counted twice.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from datetime import datetime, timezone
+
+from twisted.internet.defer import fail
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pipedingest.store.base import (
+    MAX_DOCUMENT_BYTES,
+    DocumentTooLarge,
+    IArticleStore,
+    StoreError,
+    StoreUnavailable,
+    ThreadedStore,
+    article_fields,
+    check_limit,
+    document_size,
+    entity_tally,
+    iso_utc,
+    jsonable,
+)
+
+log = Logger()
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@implementer(IArticleStore)
+class SQLiteStore(ThreadedStore):
+    """Articles in a SQLite file (or ``:memory:``), one row per article id.
+
+    :param path: the database file; created with its tables when absent.
+    :param table: the articles table; its counters live in ``{table}_entity_counters``.
+    :param entity_counters: keep per-source entity counts, applied once per article id.
+    :param max_document_bytes: refuse larger documents (Firestore's measure, so dev matches prod).
+    :param clock: IReactorTime; ``ingested_at`` is its ``seconds()``.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, path: str, table: str = "articles", entity_counters: bool = False,
+                 max_document_bytes: int = MAX_DOCUMENT_BYTES, reactor=None, clock=None):
+        if not _IDENTIFIER.match(table):
+            raise ValueError(f"table name {table!r} is not a plain SQL identifier")
+        super().__init__(threads=1, reactor=reactor, clock=clock)
+        self.path = path
+        self.table = table
+        self.entity_counters_enabled = entity_counters
+        self.max_document_bytes = max_document_bytes
+        self._connection: sqlite3.Connection | None = None
+        self._opened = None
+        self._stats = {"commits": 0, "errors": 0, "created": 0, "existing": 0}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._opened = self.in_thread(self._open)
+        self._opened.addErrback(self._open_failed)
+
+    def _open_failed(self, failure):
+        self._stats["errors"] += 1
+        log.failure("cannot open the SQLite database {path}", failure, path=self.path)
+
+    def _open(self):
+        connection = sqlite3.connect(self.path, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        connection.executescript(f"""
+            CREATE TABLE IF NOT EXISTS {self.table} (
+                id TEXT PRIMARY KEY,
+                source TEXT NOT NULL,
+                ingested_at TEXT NOT NULL,
+                document TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS {self.table}_by_time ON {self.table} (ingested_at);
+            CREATE INDEX IF NOT EXISTS {self.table}_by_source_time
+                ON {self.table} (source, ingested_at);
+            CREATE TABLE IF NOT EXISTS {self.table}_entity_counters (
+                source TEXT NOT NULL,
+                entity TEXT NOT NULL,
+                label TEXT NOT NULL,
+                count INTEGER NOT NULL,
+                PRIMARY KEY (source, entity, label)
+            );
+        """)
+        self._connection = connection
+
+    def closing(self):
+        return self.in_thread(self._close)
+
+    def _close(self):
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreError(f"the SQLite database {self.path!r} is not open")
+        return self._connection
+
+    # -- writes ----------------------------------------------------------------
+
+    def put(self, article):
+        try:
+            fields = article_fields(article)
+            article_id = article["id"]
+            size = document_size(self.table, article_id, fields)
+            if size > self.max_document_bytes:
+                raise DocumentTooLarge(article_id, size, self.max_document_bytes)
+            document = json.dumps(jsonable(fields), ensure_ascii=False, separators=(",", ":"))
+        except StoreError:
+            self._stats["errors"] += 1
+            return fail()
+        if not self.running:
+            return fail(StoreUnavailable(f"the {self.kind} store is not running"))
+        ingested_at = iso_utc(datetime.fromtimestamp(self._clock.seconds(), timezone.utc))
+        tally = entity_tally(fields.get("entities")) if self.entity_counters_enabled else {}
+        written = self.in_thread(self._insert, article_id, fields["source"], ingested_at, document, tally)
+        written.addCallbacks(self._count_write, self._count_error)
+        return written
+
+    def _insert(self, article_id, source, ingested_at, document, tally) -> bool:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            created = db.execute(
+                f"INSERT OR IGNORE INTO {self.table} (id, source, ingested_at, document) "
+                "VALUES (?, ?, ?, ?)", (article_id, source, ingested_at, document)).rowcount == 1
+            if created and tally:
+                db.executemany(
+                    f"INSERT INTO {self.table}_entity_counters (source, entity, label, count) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (source, entity, label) "
+                    "DO UPDATE SET count = count + excluded.count",
+                    [(source, text, label, n)
+                     for text, labels in tally.items() for label, n in labels.items()])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return created
+
+    def _count_write(self, created):
+        self._stats["commits"] += 1
+        self._stats["created" if created else "existing"] += 1
+        return created
+
+    def _count_error(self, failure):
+        self._stats["errors"] += 1
+        return failure
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, article_id):
+        return self.in_thread(self._get, article_id)
+
+    def _get(self, article_id):
+        row = self._db().execute(
+            f"SELECT id, ingested_at, document FROM {self.table} WHERE id = ?",
+            (article_id,)).fetchone()
+        return _document(row) if row else None
+
+    def recent(self, source=None, limit=20):
+        try:
+            check_limit(limit)
+        except ValueError:
+            return fail()
+        return self.in_thread(self._recent, source, limit)
+
+    def _recent(self, source, limit):
+        query = f"SELECT id, ingested_at, document FROM {self.table}"
+        arguments: tuple = ()
+        if source is not None:
+            query += " WHERE source = ?"
+            arguments = (source,)
+        query += " ORDER BY ingested_at DESC, rowid DESC LIMIT ?"
+        return [_document(row) for row in self._db().execute(query, arguments + (limit,))]
+
+    def entity_counters(self, source):
+        return self.in_thread(self._entity_counters, source)
+
+    def _entity_counters(self, source):
+        counters: dict[str, dict] = {}
+        rows = self._db().execute(
+            f"SELECT entity, label, count FROM {self.table}_entity_counters WHERE source = ?",
+            (source,))
+        for entity, label, count in rows:
+            counter = counters.setdefault(entity, {"count": 0, "labels": {}})
+            counter["count"] += count
+            counter["labels"][label] = count
+        return counters
+
+    def state(self):
+        return {
+            "kind": self.kind,
+            "running": bool(self.running),
+            "path": self.path,
+            "table": self.table,
+            **self.calls_state(),
+            "retries": 0,
+            **self._stats,
+            "threads": self.thread_state(),
+        }
+
+
+def _document(row) -> dict:
+    article_id, ingested_at, document = row
+    return {"id": article_id, **json.loads(document), "ingested_at": ingested_at}
