@@ -14,6 +14,8 @@ from pipedingest.service import build_daemon
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+DEV = os.path.join(ROOT, "conf", "dev.yaml")
+PROD = os.path.join(ROOT, "conf", "prod.yaml")
 # Plugin packages used by the tests (a processor bundle, status-test plugins).
 sys.path.insert(0, os.path.join(HERE, "fixtures"))
 
@@ -36,12 +38,16 @@ def config_errors(directory, text: str, overrides=(), environ=None) -> list[str]
 
 
 @pytest_twisted.async_yield_fixture
-async def daemons(tmp_path):
-    """``await daemons(yaml_text)`` starts a daemon; all of them stop after the test."""
+async def daemons(tmp_path, monkeypatch):
+    """``await daemons(yaml_text)`` (or ``daemons(path=...)``) starts a daemon; all stop after the test.
+
+    The test runs in its own folder, so relative data paths (``var/``) land there.
+    """
+    monkeypatch.chdir(tmp_path)
     started = []
 
-    async def start(text: str, overrides=(), name="conf.yaml", wait=True):
-        path = write_config(tmp_path, text, name)
+    async def start(text: str = "", overrides=(), name="conf.yaml", wait=True, path=None):
+        path = path or write_config(tmp_path, text, name)
         daemon = build_daemon(load_config(path, overrides))
         daemon.startService()
         started.append(daemon)

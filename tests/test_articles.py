@@ -9,9 +9,8 @@ import treq
 from twisted.internet import defer
 
 from pipedingest.load import read_articles
-from tests.conftest import ROOT, url
+from tests.conftest import DEV, url
 
-DEV = open(os.path.join(ROOT, "conf", "dev.yaml"), encoding="utf-8").read()
 PORT0 = ["web.main.port=0"]
 
 
@@ -44,12 +43,12 @@ async def post(daemon, path, payload, **kwargs):
 
 @pytest_twisted.ensureDeferred
 async def test_entities_equal_direct_spacy_for_real_articles(daemons, corpus, nlp):
-    daemon = await daemons(DEV, PORT0)
+    daemon = await daemons(path=DEV, overrides=PORT0)
     articles = corpus[:60]
     answers = await defer.gatherResults([defer.ensureDeferred(post(daemon, "/articles", {
         "title": a.get("title", ""), "body": a["body"]})) for a in articles])
     for article, (response, result) in zip(articles, answers):
-        assert response.code == 200, result
+        assert response.code == 201, result
         expected = [{"text": e.text, "label": e.label_, "start": e.start_char, "end": e.end_char}
                     for e in nlp(article["body"]).ents]
         assert result["entities"] == expected
@@ -62,7 +61,7 @@ async def test_entities_equal_direct_spacy_for_real_articles(daemons, corpus, nl
 
 @pytest_twisted.ensureDeferred
 async def test_the_id_is_given_or_a_stable_content_hash(daemons):
-    daemon = await daemons(DEV, PORT0)
+    daemon = await daemons(path=DEV, overrides=PORT0)
     _, given = await post(daemon, "/articles", {"id": "mine", "body": "Paris is in France."})
     assert given["id"] == "mine"
     _, first = await post(daemon, "/articles", {"title": "T", "body": "Paris is in France."})
@@ -74,7 +73,7 @@ async def test_the_id_is_given_or_a_stable_content_hash(daemons):
 
 @pytest_twisted.ensureDeferred
 async def test_bad_articles_get_clear_errors(daemons):
-    daemon = await daemons(DEV, PORT0 + ["web.main.max_body_bytes=100000"])
+    daemon = await daemons(path=DEV, overrides=PORT0 + ["web.main.max_body_bytes=100000"])
     before = daemon.runtime.get("ner.pool").state()["articles"]  # the startup status test posts one
     cases = [
         ({"title": "x"}, 400, "the article has no body"),
@@ -96,18 +95,18 @@ async def test_bad_articles_get_clear_errors(daemons):
 
 @pytest_twisted.ensureDeferred
 async def test_batches_as_json_or_ndjson_each_article_with_its_own_status(daemons, nlp):
-    daemon = await daemons(DEV, PORT0)
+    daemon = await daemons(path=DEV, overrides=PORT0)
     items = [{"id": "a", "body": "Angela Merkel visited Washington."}, {"title": "no body"},
              {"id": "c", "body": "Google opened an office in Zurich in 2004."}]
     response, answer = await post(daemon, "/articles/batch", items, headers={"content-type": "application/json"})
     assert response.code == 200
-    assert answer["count"] == 3 and answer["statuses"] == {"200": 2, "400": 1}
+    assert answer["count"] == 3 and answer["statuses"] == {"201": 2, "400": 1}
     first, bad, third = answer["results"]
-    assert (first["status"], first["id"], bad["status"], third["id"]) == (200, "a", 400, "c")
+    assert (first["status"], first["id"], bad["status"], third["id"]) == (201, "a", 400, "c")
     assert [e["text"] for e in third["entities"]] == [e.text for e in nlp(items[2]["body"]).ents]
     ndjson = b"\n".join(json.dumps(item).encode() for item in items) + b"\n{oops\n"
     response, answer = await post(daemon, "/articles/batch", ndjson, headers={"content-type": "application/x-ndjson"})
-    assert answer["statuses"] == {"200": 2, "400": 2}
+    assert answer["statuses"] == {"200": 2, "400": 2}, "the second time, both were already stored"
     assert "line 4: malformed JSON" in answer["results"][3]["error"]["message"]
     too_many = [{"body": "x"}] * 101
     response, answer = await post(daemon, "/articles/batch", too_many, headers={"content-type": "application/json"})
@@ -116,13 +115,13 @@ async def test_batches_as_json_or_ndjson_each_article_with_its_own_status(daemon
 
 @pytest_twisted.ensureDeferred
 async def test_a_one_mebibyte_article_passes_both_ways(daemons, corpus, nlp):
-    daemon = await daemons(DEV, PORT0)
+    daemon = await daemons(path=DEV, overrides=PORT0)
     text = ""
     for article in corpus:
         text += article["body"] + "\n\n"
         if len(text.encode("utf-8")) >= 1024 * 1024:
             break
-    response, answer = await post(daemon, "/articles", {"body": text})
+    response, answer = await post(daemon, "/entities", {"body": text})
     assert response.code == 200
     assert len(answer["entities"]) > 1000
     expected = [(e.start_char, e.end_char, e.label_) for e in nlp(text).ents]
@@ -131,12 +130,12 @@ async def test_a_one_mebibyte_article_passes_both_ways(daemons, corpus, nlp):
 
 @pytest_twisted.ensureDeferred
 async def test_a_poison_article_gets_422_and_its_batch_neighbours_succeed(daemons):
-    daemon = await daemons(DEV, PORT0 + ["ner.crash_marker_for_tests=CRASH-NOW"])
+    daemon = await daemons(path=DEV, overrides=PORT0 + ["ner.crash_marker_for_tests=CRASH-NOW"])
     items = [{"id": f"ok{i}", "body": f"Berlin is a city number {i}."} for i in range(5)]
     items.insert(2, {"id": "poison", "body": "This one has CRASH-NOW in it."})
     response, answer = await post(daemon, "/articles/batch", items, headers={"content-type": "application/json"})
     statuses = {r.get("id", "poison"): r["status"] for r in answer["results"]}
-    assert statuses == {"ok0": 200, "ok1": 200, "poison": 422, "ok2": 200, "ok3": 200, "ok4": 200}
+    assert statuses == {"ok0": 201, "ok1": 201, "poison": 422, "ok2": 201, "ok3": 201, "ok4": 201}
     single, answer = await post(daemon, "/articles", {"body": "again CRASH-NOW"})
     assert single.code == 422
     state = daemon.runtime.get("ner.pool").state()
@@ -147,12 +146,12 @@ async def test_a_poison_article_gets_422_and_its_batch_neighbours_succeed(daemon
 
 @pytest_twisted.ensureDeferred
 async def test_overload_gets_503_with_retry_after(daemons, corpus):
-    daemon = await daemons(DEV, PORT0 + ["ner.max_queued=2", "ner.min_children=1"])
+    daemon = await daemons(path=DEV, overrides=PORT0 + ["ner.max_queued=2", "ner.min_children=1"])
     long_text = "\n\n".join(a["body"] for a in corpus[:40])
     sent = [defer.ensureDeferred(post(daemon, "/articles", {"body": long_text + str(i)})) for i in range(12)]
     answers = await defer.gatherResults(sent)
     codes = sorted(response.code for response, _ in answers)
-    assert 503 in codes and 200 in codes
+    assert 503 in codes and 201 in codes
     refused = next((r, a) for r, a in answers if r.code == 503)
     assert int(refused[0].headers.getRawHeaders("retry-after")[0]) >= 1
     assert refused[1]["error"]["message"] == "too much work queued; retry later"
@@ -161,7 +160,7 @@ async def test_overload_gets_503_with_retry_after(daemons, corpus):
 @pytest_twisted.ensureDeferred
 async def test_a_deadline_overrun_gets_504_and_the_child_is_replaced(daemons, corpus):
     no_allowance = "pipelines.web.articles.create.1.extract-entities.seconds_per_1000_words=0"
-    daemon = await daemons(DEV, PORT0 + ["ner.deadline=0.05", "ner.min_children=1", no_allowance])
+    daemon = await daemons(path=DEV, overrides=PORT0 + ["ner.deadline=0.05", "ner.min_children=1", no_allowance])
     big = "\n\n".join(a["body"] for a in corpus[:100])
     response, answer = await post(daemon, "/articles", {"body": big})
     assert response.code == 504
@@ -176,7 +175,7 @@ async def test_a_deadline_overrun_gets_504_and_the_child_is_replaced(daemons, co
 
 @pytest_twisted.ensureDeferred
 async def test_status_shows_pending_requests_and_the_pool(daemons):
-    daemon = await daemons(DEV, PORT0)
+    daemon = await daemons(path=DEV, overrides=PORT0)
     response = await treq.get(url(daemon, "/status"))
     status = json.loads(await response.content())
     assert status["ready"] is True

@@ -49,6 +49,7 @@ class StoreArticle(Processor):
         "result_path": Option(str, "result", "where the entities are"),
         "status_path": Option(str, "status", "where to put 201 (created) or 200 (already stored)"),
         "output_path": Option(str, "stored", "where to put true (created) or false"),
+        "default_source": Option(str, "unknown", "the source of an article that names none"),
     }
 
     def __init__(self, config, step):
@@ -61,6 +62,7 @@ class StoreArticle(Processor):
         document = {"id": article["id"]}
         document.update({key: article[key] for key in DOCUMENT_FIELDS if key in article})
         document.update({key: result[key] for key in RESULT_FIELDS if key in result})
+        document.setdefault("source", self.config["default_source"])
         return self.store.value.put(document).addCallbacks(self._stored, store_failed, callbackArgs=(baton,))
 
     def _stored(self, created: bool, baton):

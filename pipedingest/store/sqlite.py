@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import os
 import sqlite3
 from datetime import datetime, timezone
 
@@ -77,6 +78,9 @@ class SQLiteStore(ThreadedStore):
         log.failure("cannot open the SQLite database {path}", failure, path=self.path)
 
     def _open(self):
+        folder = os.path.dirname(self.path)
+        if folder and self.path != ":memory:":
+            os.makedirs(folder, exist_ok=True)  # here, not at configuration time: --check creates nothing
         connection = sqlite3.connect(self.path, isolation_level=None)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
