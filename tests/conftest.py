@@ -11,6 +11,7 @@ import pytest_twisted
 from pipedingest.config.errors import ConfigErrors
 from pipedingest.config.loader import load_config
 from pipedingest.service import build_daemon
+from tests.firestore_emulator import EmulatorUnavailable, FirestoreEmulator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -63,3 +64,34 @@ async def daemons(tmp_path, monkeypatch):
 def url(daemon, path: str = "/", site: str | None = None) -> str:
     service = daemon.sites[site] if site else next(iter(daemon.sites.values()))
     return service.url + path
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator():
+    """The session's emulator on a free port, with FIRESTORE_EMULATOR_HOST/GOOGLE_CLOUD_PROJECT set."""
+    emulator = FirestoreEmulator()
+    try:
+        emulator.start()
+    except EmulatorUnavailable as error:
+        pytest.fail(str(error), pytrace=False)
+    saved = {name: os.environ.get(name) for name in ("FIRESTORE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+    os.environ["GOOGLE_CLOUD_PROJECT"] = emulator.project
+    yield emulator
+    emulator.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def firestore(firestore_emulator):
+    """The emulator, running (restarted if a test stopped it) and emptied before the test."""
+    if firestore_emulator.process is None or firestore_emulator.process.poll() is not None:
+        firestore_emulator.start()
+    firestore_emulator.clear()
+    yield firestore_emulator
+    if firestore_emulator.process is not None:
+        firestore_emulator.resume()

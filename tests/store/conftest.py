@@ -7,38 +7,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from firestore_emulator import EmulatorUnavailable, FirestoreEmulator
-
-
-@pytest.fixture(scope="session")
-def firestore_emulator():
-    """The session's emulator on a free port, with FIRESTORE_EMULATOR_HOST/GOOGLE_CLOUD_PROJECT set."""
-    emulator = FirestoreEmulator()
-    try:
-        emulator.start()
-    except EmulatorUnavailable as error:
-        pytest.fail(str(error), pytrace=False)
-    saved = {name: os.environ.get(name) for name in ("FIRESTORE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
-    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-    os.environ["GOOGLE_CLOUD_PROJECT"] = emulator.project
-    yield emulator
-    emulator.stop()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
-@pytest.fixture
-def firestore(firestore_emulator):
-    """The emulator, running (restarted if a test stopped it) and emptied before the test."""
-    if firestore_emulator.process is None or firestore_emulator.process.poll() is not None:
-        firestore_emulator.start()
-    firestore_emulator.clear()
-    yield firestore_emulator
-    if firestore_emulator.process is not None:
-        firestore_emulator.resume()
 
 
 @pytest_twisted.async_yield_fixture

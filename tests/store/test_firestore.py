@@ -12,7 +12,7 @@ from google.cloud import firestore as gcf
 from google.cloud.firestore_v1.types import Write
 from twisted.internet import defer, reactor, task, threads
 
-from firestore_emulator import free_port
+from tests.firestore_emulator import free_port
 from pipedingest.store.base import (
     DocumentTooLarge,
     IArticleStore,

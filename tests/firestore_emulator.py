@@ -1,6 +1,6 @@
 """Google's Firestore emulator as a child process: start on a free port, stop by pid.
 
-Used by the test fixtures (``tests/store/conftest.py``), by ``bench/store_batching.py``
+Used by the test fixtures (``tests/conftest.py``), by ``bench/store_batching.py``
 and, through ``scripts/firestore-emulator start|stop``, by hand.  Blocking on
 purpose: tests that need it from inside the reactor call it in a thread.
 """
