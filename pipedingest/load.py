@@ -7,7 +7,7 @@ over persistent connections, shows a progress bar, writes failed articles
 (with the reason) and, if asked, results; ends with a summary: articles,
 words, words/s, errors, latency p50/p99.
 
-It is only an HTTP client: it imports nothing of the daemon.
+It is only an HTTP client: it imports nothing of the daemon (only ``pipedingest.httpclient``).
 """
 from __future__ import annotations
 
@@ -22,13 +22,11 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import react
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+
+from pipedingest.httpclient import BytesProducer, read_body
 
 ARTICLE_FIELDS = ("id", "title", "body", "source", "url", "published")
 
@@ -69,39 +67,6 @@ def _csv_articles(stream) -> Iterator[dict]:
         article = {key: row[key] for key in ARTICLE_FIELDS if row.get(key)}
         article["body"] = body
         yield article
-
-
-@implementer(IBodyProducer)
-class _Body:
-    def __init__(self, data: bytes):
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer):
-        consumer.write(self.data)
-        from twisted.internet.defer import succeed
-
-        return succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
-
-
-class _Collect(Protocol):
-    def __init__(self, done):
-        self.done, self.parts = done, []
-
-    def dataReceived(self, data):
-        self.parts.append(data)
-
-    def connectionLost(self, reason):
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
 
 
 @dataclass
@@ -170,13 +135,9 @@ class Loader:
         started = time.perf_counter()
         status, content, reason = 0, b"", ""
         try:
-            response = await self.agent.request(b"POST", self.url, headers, _Body(body)).addTimeout(
+            response = await self.agent.request(b"POST", self.url, headers, BytesProducer(body)).addTimeout(
                 self.timeout, self.reactor)
-            from twisted.internet.defer import Deferred
-
-            done = Deferred()
-            response.deliverBody(_Collect(done))
-            content = await done
+            content = await read_body(response)
             status = response.code
         except Exception as exc:  # a refused connection or a timeout is one failed article, not a crash
             reason = f"{type(exc).__name__}: {exc}"

@@ -60,6 +60,15 @@ def compile_code(source: str, filename: str, mode: str, step, key: str, line_off
                           f"near {(exc.text or '').strip()!r}", where.shifted(max(lineno, 0))) from None
 
 
+def compile_lambda(config: dict, step, key: str):
+    """The function a ``"name: expression"`` option describes, compiled with its namespace."""
+    source = config[key].strip()
+    if not source.startswith("lambda"):
+        source = "lambda " + source
+    code = compile_code(source, f"<{key} {step.where}>", "eval", step, key)
+    return eval(code, build_namespace(config["namespace"], step))  # noqa: S307 - trusted config
+
+
 @provider(IPlugin, IProcessor)
 class EvalLambda(InputOutputProcessor):
     """Apply a one-argument lambda, written ``"name: expression"``, to the input."""
@@ -69,11 +78,7 @@ class EvalLambda(InputOutputProcessor):
 
     def __init__(self, config, step):
         super().__init__(config, step)
-        source = config["lambda"].strip()
-        if not source.startswith("lambda"):
-            source = "lambda " + source
-        code = compile_code(source, f"<eval-lambda {step.where}>", "eval", step, "lambda")
-        self.function = eval(code, build_namespace(config["namespace"], step))  # noqa: S307 - trusted config
+        self.function = compile_lambda(config, step, "lambda")
 
     def process_input(self, value, baton):
         return self.function(value)
@@ -136,13 +141,7 @@ class Stop(InputOutputProcessor):
 
     def __init__(self, config, step):
         super().__init__(config, step)
-        self.decider = None
-        if config["decider"]:
-            source = config["decider"].strip()
-            if not source.startswith("lambda"):
-                source = "lambda " + source
-            code = compile_code(source, f"<stop {step.where}>", "eval", step, "decider")
-            self.decider = eval(code, build_namespace(config["namespace"], step))  # noqa: S307
+        self.decider = compile_lambda(config, step, "decider") if config["decider"] else None
 
     def process(self, baton):
         if self.decider is None or self.decider(get_path(baton, self.input_path)):

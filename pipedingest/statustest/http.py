@@ -6,54 +6,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import urlencode
 
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Protocol
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.internet.defer import inlineCallbacks
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from twisted.internet.defer import succeed
-from zope.interface import implementer
 
-
-@implementer(IBodyProducer)
-class _Bytes:
-    def __init__(self, body: bytes):
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer):
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
-
-
-class _Collect(Protocol):
-    """Gathers a response body (readBody warns about transports without abortConnection)."""
-
-    def __init__(self, done: Deferred):
-        self.done = done
-        self.parts: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def connectionLost(self, reason) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
-
-
-def read_body(response) -> Deferred:
-    done: Deferred = Deferred()
-    response.deliverBody(_Collect(done))
-    return done
+from pipedingest.httpclient import BytesProducer, read_body
 
 
 @dataclass
@@ -86,7 +43,7 @@ class StatusClient:
             body = json.dumps(json_body).encode("utf-8")
             if not sent.hasHeader(b"content-type"):
                 sent.setRawHeaders(b"content-type", [b"application/json"])
-        producer = _Bytes(body) if body is not None else None
+        producer = BytesProducer(body) if body is not None else None
         response = yield self.agent.request(method.encode("ascii"), url.encode("utf-8"), sent, producer)
         content = yield read_body(response)
         received = {k.decode().lower(): b", ".join(v).decode("latin-1")
