@@ -12,6 +12,7 @@ from pipedingest.load import read_articles
 from tests.conftest import DEV, url
 
 PORT0 = ["web.main.port=0"]
+BATCHING = ["ner.max_batch_docs=16", "ner.max_wait=0.005"]  # the shipped config sends one article per call
 
 
 def corpus_path() -> str:
@@ -43,7 +44,7 @@ async def post(daemon, path, payload, **kwargs):
 
 @pytest_twisted.ensureDeferred
 async def test_entities_equal_direct_spacy_for_real_articles(daemons, corpus, nlp):
-    daemon = await daemons(path=DEV, overrides=PORT0)
+    daemon = await daemons(path=DEV, overrides=PORT0 + BATCHING)
     articles = corpus[:60]
     answers = await defer.gatherResults([defer.ensureDeferred(post(daemon, "/articles", {
         "title": a.get("title", ""), "body": a["body"]})) for a in articles])
@@ -130,7 +131,7 @@ async def test_a_one_mebibyte_article_passes_both_ways(daemons, corpus, nlp):
 
 @pytest_twisted.ensureDeferred
 async def test_a_poison_article_gets_422_and_its_batch_neighbours_succeed(daemons):
-    daemon = await daemons(path=DEV, overrides=PORT0 + ["ner.crash_marker_for_tests=CRASH-NOW"])
+    daemon = await daemons(path=DEV, overrides=PORT0 + BATCHING + ["ner.crash_marker_for_tests=CRASH-NOW"])
     items = [{"id": f"ok{i}", "body": f"Berlin is a city number {i}."} for i in range(5)]
     items.insert(2, {"id": "poison", "body": "This one has CRASH-NOW in it."})
     response, answer = await post(daemon, "/articles/batch", items, headers={"content-type": "application/json"})
