@@ -12,6 +12,7 @@ accepting work, and stops the services in reverse order, within a deadline.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from twisted.application.service import MultiService, Service
@@ -27,6 +28,9 @@ from pipedingest.status import FAILED, READY, STOPPING, DaemonStatus
 from pipedingest.statustest.http import StatusClient
 
 log = Logger()
+
+#: The exit status of a daemon whose services failed to start.
+EXIT_START_FAILED = 3
 
 #: Services start in this order and stop in the reverse one.
 STAGES = ("resources", "sites", "ticks")
@@ -56,6 +60,8 @@ class IngestService(MultiService):
         self._staged: dict[str, list[Service]] = {stage: [] for stage in STAGES}
         self.shutdown_timeout = shutdown_timeout
         self.started = None
+        #: Set by ``twistd ingest`` (not by --self-test or tests): a failed start ends the process.
+        self.exit_on_start_failure = False
 
     # -- contributions from providers ------------------------------------
 
@@ -132,7 +138,14 @@ class IngestService(MultiService):
     def _start_failed(self, failure):
         self.status.set(FAILED, f"start-up failed: {failure.getErrorMessage()}")
         log.failure("the daemon failed to start", failure)
-        return failure
+        if not self.exit_on_start_failure:
+            return failure
+        # A daemon that cannot start should not linger half-alive: stop cleanly, then
+        # exit non-zero so that a service manager notices (twistd itself would exit 0).
+        reactor = self.runtime.reactor
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, EXIT_START_FAILED)
+        reactor.callLater(0, reactor.stop)
+        return None
 
     def stopService(self):
         self.status.set(STOPPING, "the daemon is stopping")

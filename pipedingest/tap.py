@@ -10,7 +10,8 @@ Modes:
   (configuration errors).
 
 Configuration problems always end the process with status 2 before any port is
-bound.
+bound; services that fail to start (a database that cannot be opened, a model
+that does not load) end it with status 3 after a clean stop.
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def makeService(options):
         raise SystemExit(EXIT_OK)
     if options["self-test"]:
         raise SystemExit(run_self_test(daemon))
+    daemon.exit_on_start_failure = True
     return daemon
 
 

@@ -106,3 +106,13 @@ def test_a_real_daemon_serves_and_stops_on_sigterm(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_service_that_cannot_start_ends_the_daemon_with_status_3(tmp_path):
+    (tmp_path / "blocker").write_text("a file where the database folder should be")
+    result = twistd("-c", DEV, "-O", "web.main.port=0", "-O", "stores.articles.path=blocker/articles.sqlite",
+                    cwd=tmp_path)
+    assert result.returncode == 3, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "the daemon failed to start" in output
+    assert "cannot open the SQLite database blocker/articles.sqlite" in output

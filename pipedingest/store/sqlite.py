@@ -69,13 +69,15 @@ class SQLiteStore(ThreadedStore):
     # -- lifecycle -------------------------------------------------------------
 
     def startService(self):
+        """Open the database; the daemon's start-up waits for it, and fails if it cannot be opened."""
         super().startService()
         self._opened = self.in_thread(self._open)
         self._opened.addErrback(self._open_failed)
+        return self._opened
 
     def _open_failed(self, failure):
         self._stats["errors"] += 1
-        log.failure("cannot open the SQLite database {path}", failure, path=self.path)
+        raise StoreUnavailable(f"cannot open the SQLite database {self.path}: {failure.getErrorMessage()}")
 
     def _open(self):
         folder = os.path.dirname(self.path)
