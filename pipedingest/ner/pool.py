@@ -154,6 +154,13 @@ class ArticleQueue:
         return batch
 
 
+#: ampoule's child bootstrap logs at info to stderr, and the parent relays every stderr line as an
+#: error ("FROM 0: ..."), so a routine child shutdown read like a failure in the daemon's log. The
+#: children log warnings and worse only; those deserve the parent's error level.
+_QUIET_BOOTSTRAP = ampoule_main.BOOTSTRAP.replace("defaultLogLevel=logger.LogLevel.info",
+                                                   "defaultLogLevel=logger.LogLevel.warn")
+
+
 class _ObservedStarter(ampoule_main.ProcessStarter):
     """ampoule's process starter, which also tells the pool when a child process has exited.
 
@@ -292,7 +299,8 @@ class NERPool(service.Service):
             maxIdle=self.max_idle,
             recycleAfter=self.recycle_after_tasks,
             name="ner",
-            starter=_ObservedStarter(self._child_exited, env=dict(os.environ), packages=("twisted",)),
+            starter=_ObservedStarter(self._child_exited, bootstrap=_QUIET_BOOTSTRAP, env=dict(os.environ),
+                                     packages=("twisted",)),
         )
         self._pool.start()
         calls = [self._pool.doWork(DescribeModel) for _ in range(self.min_children)]
