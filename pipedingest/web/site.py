@@ -13,6 +13,7 @@ becomes a JSON error.  Whatever happens, the request is finished:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -120,8 +121,6 @@ class PipelineResource(Resource):
         wrapped = WebRequest(request, params, route.pattern)
         if wrapped.body and wrapped.wants_json():
             try:
-                import json
-
                 wrapped.json = json.loads(wrapped.body)
             except UnicodeDecodeError:
                 return self._error(request, 400, "request body is not UTF-8")
