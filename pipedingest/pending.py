@@ -4,7 +4,7 @@ Every baton that waits on slow work (NER in a child process, a remote worker)
 is entered in a :class:`PendingTable` with a deadline.  The entry leaves the
 table in exactly one of three ways:
 
-* the work completes — the waiter removes it (``PendingEntry.done``);
+* the work completes — it is removed as the result is passed on;
 * its client goes away — the waiter's Deferred is cancelled, which removes it;
 * the deadline passes — the :class:`Reaper` removes it, runs the table's
   fallback pipeline on the baton (which answers the client, as the Piped
@@ -31,18 +31,14 @@ log = Logger()
 class PendingEntry:
     """One waiting baton: what it waits on, since when, and until when."""
 
-    __slots__ = ("key", "baton", "work", "added", "deadline", "table")
+    __slots__ = ("key", "baton", "work", "added", "deadline")
 
-    def __init__(self, table: "PendingTable", key, baton, work: Deferred, added: float, deadline: float):
-        self.table = table
+    def __init__(self, key, baton, work: Deferred, added: float, deadline: float):
         self.key = key
         self.baton = baton
         self.work = work
         self.added = added
         self.deadline = deadline
-
-    def done(self) -> None:
-        self.table.remove(self.key)
 
 
 class PendingTable:
@@ -70,7 +66,7 @@ class PendingTable:
         """
         key = next(self._keys)
         now = self.clock.seconds()
-        entry = PendingEntry(self, key, baton, work, now, now + (self.timeout if timeout is None else timeout))
+        entry = PendingEntry(key, baton, work, now, now + (self.timeout if timeout is None else timeout))
         self.entries[key] = entry
 
         def cancel(_):

@@ -79,13 +79,6 @@ class LocatedList(list):
         return self.where
 
 
-def where_of(container, key) -> Location:
-    """The location of ``container[key]``, for any container."""
-    if isinstance(container, (LocatedDict, LocatedList)):
-        return container.where_of(key)
-    return Location("<unknown>")
-
-
 _PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 _INTERPOLATION = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 

@@ -60,7 +60,3 @@ def set_path(baton: Any, path: str, value: Any) -> Any:
         setattr(target, last, value)
     return baton
 
-
-def has_path(baton: Any, path: str) -> bool:
-    absent = object()
-    return get_path(baton, path, absent) is not absent

@@ -10,6 +10,7 @@ request time.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from pipedingest.config.errors import ConfigError, ErrorCollector, Location, close_matches_hint
@@ -84,8 +85,6 @@ class Runtime:
 
 def _prefixed(hint: str, kind: str) -> str:
     """Put the resource kind back on the names a hint quotes."""
-    import re
-
     return re.sub(r"'([^']+)'", lambda m: f"'{kind}{m.group(1)}'", hint)
 
 
