@@ -7,7 +7,8 @@ over persistent connections, shows a progress bar, writes failed articles
 (with the reason) and, if asked, results; ends with a summary: articles,
 words, words/s, errors, latency p50/p99.
 
-It is only an HTTP client: it imports nothing of the daemon (only ``pipedingest.httpclient``).
+It is only an HTTP client: of the daemon it imports only the article's definition
+(``pipedingest.article``, which imports nothing else) and ``pipedingest.httpclient``.
 """
 from __future__ import annotations
 
@@ -26,9 +27,8 @@ from twisted.internet.task import react
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from pipedingest.article import INPUT_FIELDS
 from pipedingest.httpclient import BytesProducer, read_body
-
-ARTICLE_FIELDS = ("id", "title", "body", "source", "url", "published")
 
 
 def read_articles(path: str, limit: Optional[int] = None) -> list[dict]:
@@ -64,7 +64,7 @@ def _csv_articles(stream) -> Iterator[dict]:
     csv.field_size_limit(1 << 30)
     for row in csv.DictReader(stream):
         body = row.get("body") or row.get("text") or ""
-        article = {key: row[key] for key in ARTICLE_FIELDS if row.get(key)}
+        article = {key: row[key] for key in INPUT_FIELDS if row.get(key)}
         article["body"] = body
         yield article
 
@@ -113,7 +113,6 @@ class Loader:
         self.semaphore = DeferredSemaphore(concurrency)
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = concurrency
-        pool._factory.noisy = False
         self.agent = Agent(reactor, pool=pool, connectTimeout=timeout)
         self.pool = pool
         self.timeout = timeout

@@ -1,29 +1,32 @@
 """The pending-request table and its reaper.
 
 Every baton that waits on slow work (NER in a child process, a remote worker)
-is entered in a :class:`PendingTable` with a deadline.  The entry leaves the
-table in exactly one of three ways:
+is entered in a :class:`PendingTable` with a deadline: the deadline its request
+carries (``baton["deadline"]``, see :mod:`pipedingest.deadline`), else the table's
+``timeout`` from now.  The entry leaves the table in exactly one of three ways:
 
 * the work completes — it is removed as the result is passed on;
 * its client goes away — the waiter's Deferred is cancelled, which removes it;
-* the deadline passes — the :class:`Reaper` removes it, runs the table's
-  fallback pipeline on the baton (which answers the client, as the Piped
-  tutorial's reaper does) and cancels the work.
+* the deadline passes — the reaper removes it, runs the table's fallback
+  pipeline on the baton (which answers the client, as the Piped tutorial's
+  reaper does) and cancels the work.
 
-So no entry outlives its request, and no request waits past its deadline.
-Time comes from an injected clock (``IReactorTime``), so tests drive it with
-``task.Clock``.
+So no entry outlives its request, and no request waits past its deadline.  The
+table is a service: its reaper looks every ``reap_interval`` seconds on an
+injected clock (tests drive it with ``task.Clock``), and stopping it waits for
+the fallbacks of a reaping in progress.
 """
 from __future__ import annotations
 
 import itertools
 from typing import Any, Optional
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from pipedingest.deadline import Deadline
+from pipedingest.periodic import PeriodicService
 
 log = Logger()
 
@@ -41,12 +44,13 @@ class PendingEntry:
         self.deadline = deadline
 
 
-class PendingTable:
-    """Batons waiting on work, by key, with deadlines."""
+class PendingTable(PeriodicService):
+    """Batons waiting on work, by key, with deadlines; reaped every *reap_interval* seconds."""
 
-    def __init__(self, name: str, clock, timeout: float, fallback=None):
-        self.name = name
-        self.clock = clock
+    def __init__(self, name: str, clock, timeout: float, reap_interval: float = 0.5, fallback=None):
+        super().__init__(reap_interval, clock)
+        self.setName(f"pending.{name}")
+        self.table = name
         self.timeout = timeout
         self.fallback = fallback  # a Reference to the pipeline that answers a reaped baton
         self.entries: dict[Any, PendingEntry] = {}
@@ -58,15 +62,23 @@ class PendingTable:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def track(self, baton: Any, work: Deferred, timeout: Optional[float] = None) -> Deferred:
-        """Enter *baton* as waiting on *work*; return a Deferred of the work's result.
+    def deadline_of(self, baton: Any) -> float:
+        """When an entry for *baton* must be answered: its request's deadline, else ``timeout`` from now."""
+        deadline = baton.get("deadline") if isinstance(baton, dict) else None
+        if isinstance(deadline, Deadline):
+            return deadline.at
+        return self.clock.seconds() + self.timeout
 
-        Cancelling the returned Deferred (a client disconnect) cancels *work* and
-        removes the entry; so does the reaper, after answering with the fallback.
+    def track(self, baton: Any, work: Deferred, deadline: Optional[float] = None) -> Deferred:
+        """Enter *baton* as waiting on *work* until *deadline* (absolute, on the clock); return the work's result.
+
+        Without *deadline*, :meth:`deadline_of` decides.  Cancelling the returned
+        Deferred (a client disconnect) cancels *work* and removes the entry; so does
+        the reaper, after answering with the fallback.
         """
         key = next(self._keys)
-        now = self.clock.seconds()
-        entry = PendingEntry(key, baton, work, now, now + (self.timeout if timeout is None else timeout))
+        entry = PendingEntry(key, baton, work, self.clock.seconds(),
+                             self.deadline_of(baton) if deadline is None else deadline)
         self.entries[key] = entry
 
         def cancel(_):
@@ -90,29 +102,28 @@ class PendingTable:
         work.addBoth(finished)
         return result
 
-    def remove(self, key) -> Optional[PendingEntry]:
-        return self.entries.pop(key, None)
-
     def expired(self, now: Optional[float] = None) -> list[PendingEntry]:
         now = self.clock.seconds() if now is None else now
         return [entry for entry in self.entries.values() if entry.deadline <= now]
 
-    def reap(self) -> list[PendingEntry]:
-        """Answer and remove every entry past its deadline; cancel its work."""
-        reaped = []
+    def run_once(self):
+        return self.reap()
+
+    def reap(self) -> Deferred:
+        """Answer and remove every entry past its deadline, cancel its work; fires when the fallbacks are done."""
+        answering = []
         for entry in self.expired():
             if self.entries.pop(entry.key, None) is None:
                 continue
             self.reaped += 1
-            reaped.append(entry)
             waited = self.clock.seconds() - entry.added
-            log.warn("reaping a request that waited {waited:.3f}s in {table!r}", waited=waited, table=self.name)
+            log.warn("reaping a request that waited {waited:.3f}s in {table!r}", waited=waited, table=self.table)
             if self.fallback is not None and isinstance(entry.baton, dict):
-                entry.baton["reaped"] = {"table": self.name, "waited_seconds": round(waited, 3)}
-                self.fallback.value(entry.baton).addErrback(
-                    lambda failure: log.failure("the fallback pipeline failed for a reaped request", failure))
+                entry.baton["reaped"] = {"table": self.table, "waited_seconds": round(waited, 3)}
+                answering.append(self.fallback.value(entry.baton).addErrback(
+                    lambda failure: log.failure("the fallback pipeline failed for a reaped request", failure)))
             entry.work.cancel()
-        return reaped
+        return DeferredList(answering)
 
     def state(self) -> dict:
         now = self.clock.seconds()
@@ -125,23 +136,3 @@ class PendingTable:
             "reaped": self.reaped,
             "cancelled": self.cancelled,
         }
-
-
-class Reaper(Service):
-    """Reaps a pending table every *interval* seconds (a LoopingCall on an injectable clock)."""
-
-    def __init__(self, table: PendingTable, interval: float, clock):
-        self.table = table
-        self.interval = interval
-        self.loop = LoopingCall(table.reap)
-        self.loop.clock = clock
-
-    def startService(self):
-        super().startService()
-        self.loop.start(self.interval, now=False).addErrback(
-            lambda failure: log.failure("the reaper of {table!r} stopped", failure, table=self.table.name))
-
-    def stopService(self):
-        super().stopService()
-        if self.loop.running:
-            self.loop.stop()

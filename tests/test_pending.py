@@ -84,12 +84,11 @@ def test_the_reaper_answers_with_the_fallback_after_the_deadline(tmp_path):
     clock = task.Clock()
     daemon = build(tmp_path, clock)
     table = daemon.runtime.get("pending.work")
-    reaper = [s for s in daemon if s.__class__.__name__ == "Reaper"][0]
-    reaper.startService()
+    table.startService()
     cancelled, outcomes = [], []
     baton = {"request": None}
     table.track(baton, defer.Deferred(cancelled.append)).addBoth(outcomes.append)
-    late = table.track({}, defer.Deferred(), timeout=100)
+    late = table.track({}, defer.Deferred(), deadline=clock.seconds() + 100)
     clock.advance(4)
     assert len(table) == 2 and not cancelled
     clock.advance(1)
@@ -98,12 +97,12 @@ def test_the_reaper_answers_with_the_fallback_after_the_deadline(tmp_path):
     assert baton["reaped"] == {"table": "work", "waited_seconds": 5.0}
     assert daemon.runtime.get("context.answered") == [{"table": "work", "waited_seconds": 5.0}]
     assert table.state()["reaped"] == 1 and not late.called
-    reaper.stopService()
+    table.stopService()
 
 
 @pytest_twisted.ensureDeferred
 async def test_the_reaper_in_real_time_over_http(daemons):
-    daemon = await daemons(CONFIG, ["pending.work.timeout=0.3", "pending.work.reap_interval=0.05"])
+    daemon = await daemons(CONFIG, ["web.site.response_timeout=0.3", "pending.work.reap_interval=0.05"])
     started = reactor.seconds()
     response = await treq.get(url(daemon, "/hold"))
     waited = reactor.seconds() - started

@@ -241,7 +241,7 @@ def test_ticks_run_their_pipeline_on_the_clock(tmp_path):
         clock.advance(1)
     assert counter == {"n": 2, "last": 5.0}
     broken = daemon.runtime.get("tick.broken")
-    assert broken.runs == 5 and broken.loop.running, "a failing tick keeps ticking"
+    assert broken.runs == 5 and broken.looping, "a failing tick keeps ticking"
     daemon.stopService()
     clock.advance(10)
     assert counter["n"] == 2
@@ -278,5 +278,5 @@ def test_processors_from_a_plugin_bundle(tmp_path):
           p:
             - shout: {input_path: text, suffix: "!!"}
         """)
-    assert daemon.registry.origins["shout"] == "bundle 'demo'"
+    assert daemon.runtime.processors.origins["shout"] == "bundle 'demo'"
     assert run(daemon, "p", {"text": "hello"}) == {"text": "HELLO!!"}

@@ -1,19 +1,11 @@
-"""Storing articles through HTTP: SQLite (conf/dev.yaml), Firestore's emulator (conf/prod.yaml), SIGTERM."""
-import concurrent.futures
+"""Storing articles through HTTP: SQLite (conf/dev.yaml) and Firestore's emulator (conf/prod.yaml)."""
 import json
 import os
 import re
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest_twisted
 import treq
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, threads
 
 from tests.conftest import DEV, PROD, url
 
@@ -113,74 +105,3 @@ async def test_the_reactor_answers_while_firestore_is_stuck(daemons, firestore):
         await threads.deferToThread(firestore.resume)
     code, answer = await storing
     assert code == 201 and answer["id"] == "slow"
-
-
-def _twistd_dev(tmp_path):
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    env = dict(os.environ, INGEST_DATA=str(tmp_path / "data"))
-    return subprocess.Popen([twistd, "--pidfile=", "-n", "ingest", "-c", DEV, "-O", "web.main.port=0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
-
-
-def _wait_for_port(process):
-    seen = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        seen.append(line)
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-        if match:
-            return int(match.group(1))
-    raise AssertionError("".join(seen))
-
-
-def _post_blocking(base, article):
-    request = urllib.request.Request(base + "/articles", json.dumps(article).encode(),
-                                     {"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return article["id"], response.status
-    except urllib.error.HTTPError as error:
-        return article["id"], error.code
-    except OSError:
-        return article["id"], None
-
-
-def test_sigterm_under_load_keeps_every_acknowledged_article(tmp_path):
-    from pipedingest.load import read_articles
-    from tests.test_articles import corpus_path
-
-    articles = [{"id": f"doc-{i}", "source": "load", "body": a["body"]}
-                for i, a in enumerate(read_articles(corpus_path(), 80)) if a["body"].strip()][:60]
-    process = _twistd_dev(tmp_path)
-    try:
-        base = f"http://127.0.0.1:{_wait_for_port(process)}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/ready", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "never became ready"
-                time.sleep(0.2)
-        with concurrent.futures.ThreadPoolExecutor(8) as workers:
-            futures = [workers.submit(_post_blocking, base, article) for article in articles]
-            done = 0
-            while done < 15:
-                done = sum(f.done() for f in futures)
-                time.sleep(0.02)
-            process.send_signal(signal.SIGTERM)
-            outcomes = [f.result() for f in futures]
-        output, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, output
-    acknowledged = {article_id for article_id, status in outcomes if status in (200, 201)}
-    refused = [status for _, status in outcomes if status not in (200, 201)]
-    assert len(acknowledged) >= 15
-    assert all(status in (503, None) for status in refused), refused
-    database = sqlite3.connect(tmp_path / "data" / "articles.sqlite")
-    stored = {row[0] for row in database.execute("SELECT id FROM articles")}
-    assert acknowledged <= stored, f"acknowledged but lost: {sorted(acknowledged - stored)}"
-    assert "stopped cleanly" in output

@@ -1,26 +1,16 @@
 """A real ``twistd ingest`` process: the plugin, --check, --self-test, serving and SIGTERM."""
-import json
 import os
 import re
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from tests.conftest import ROOT, write_config
 from tests.test_config import SEVERAL_MISTAKES
+from tests.twistd_process import TWISTD, Daemon, twistd
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 EULER = os.path.join(ROOT, "conf", "examples", "euler.yaml")
 DEV = os.path.join(ROOT, "conf", "dev.yaml")
-
-
-def twistd(*args, timeout=120, cwd=None):
-    return subprocess.run([TWISTD, "--pidfile=", "-n", "ingest", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
 
 
 def test_twistd_lists_the_ingest_command():
@@ -76,36 +66,24 @@ def test_self_test_with_a_config_error_exits_2():
 
 
 def test_a_real_daemon_serves_and_stops_on_sigterm(tmp_path):
-    process = subprocess.Popen([TWISTD, "--pidfile=", "-n", "ingest", "-c", EULER, "-O", "web.site.port=0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    daemon = Daemon(EULER, cwd=tmp_path, port_key="web.site.port")
     try:
-        port, seen = None, []
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            seen.append(line)
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-            port = int(match.group(1)) if match else None
-        assert port, "".join(seen)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/ready") as response:
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "never became ready"
-                time.sleep(0.1)
+        daemon.wait_ready()
         query = "&".join(f"n={n}" for n in range(1, 11))
-        with urllib.request.urlopen(f"{base}/?{query}") as response:
-            assert json.loads(response.read()) == {"sum": 385, "square": 3025, "diff": 2640}
-        process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=30)
-        assert process.returncode == 0, rest
-        assert "Server Shut Down" in rest or "Main loop terminated" in rest
+        assert daemon.get_json(f"/?{query}") == (200, {"sum": 385, "square": 3025, "diff": 2640})
+        daemon.terminate()
+        assert daemon.wait(60) == 0, daemon.output
     finally:
-        if process.poll() is None:
-            process.kill()
+        daemon.kill()
+    assert "SIGTERM received: stopping gracefully" in daemon.output
+    assert re.search(r"stopped cleanly in [0-9.]+s", daemon.output), daemon.output
+
+
+def test_check_prints_the_service_graph():
+    result = twistd("-c", DEV, "--check")
+    assert result.returncode == 0, result.stderr
+    assert "site.main [site] ← needs ner.pool, pending.ner, store.articles, store.statustests" in result.stdout
+    assert "stop order:\n  1. site.main\n" in result.stdout
 
 
 def test_a_service_that_cannot_start_ends_the_daemon_with_status_3(tmp_path):

@@ -156,7 +156,7 @@ async def test_a_client_that_disconnects_cancels_its_work(daemons):
             break
         await deferLater(0.05)
     assert waits == {"calls": 1, "cancelled": 1}
-    assert not daemon.sites["site"].site.pipeline_resource.in_flight
+    assert not daemon.sites["site"].resource.exchanges
 
 
 @pytest_twisted.ensureDeferred

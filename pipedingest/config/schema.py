@@ -16,13 +16,21 @@ def type_name(value: Any) -> str:
 
 
 class Option:
-    """One key: its accepted types, default, meaning and, optionally, allowed values."""
+    """One key: its accepted types, default, meaning and, optionally, allowed values.
 
-    def __init__(self, types=str, default=REQUIRED, doc: str = "", choices: Optional[tuple] = None):
+    ``minimum`` (inclusive) and ``above`` (exclusive) bound a number, so that a
+    timeout of 0 or a negative pool size is refused where it is written instead of
+    being checked again by every section that takes one.
+    """
+
+    def __init__(self, types=str, default=REQUIRED, doc: str = "", choices: Optional[tuple] = None,
+                 minimum: Optional[float] = None, above: Optional[float] = None):
         self.types = types if isinstance(types, tuple) else (types,)
         self.default = default
         self.doc = doc
         self.choices = choices
+        self.minimum = minimum
+        self.above = above
 
     @property
     def required(self) -> bool:
@@ -37,6 +45,11 @@ class Option:
             return f"must be {self.describe_type()}, not {type_name(value)}"
         if self.choices is not None and value not in self.choices:
             return "must be one of " + ", ".join(repr(c) for c in self.choices)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.minimum is not None and value < self.minimum:
+                return f"must be at least {self.minimum:g}, not {value:g}"
+            if self.above is not None and value <= self.above:
+                return f"must be greater than {self.above:g}, not {value:g}"
         return None
 
 

@@ -25,7 +25,6 @@ from twisted.python.failure import Failure
 from pipedingest.config.errors import ConfigError, Location
 from pipedingest.config.loader import LocatedDict, LocatedList
 from pipedingest.engine.processor import STOP, Processor, check_processor_options
-from pipedingest.engine.registry import ProcessorRegistry
 from pipedingest.engine.runtime import Reference, Runtime, StepContext
 
 STEP_KEYS = ("chained_consumers", "steps")
@@ -111,10 +110,14 @@ def _error_baton(baton: Any, failure: Failure, exc: Exception) -> Any:
     return baton
 
 
-def build_pipelines(section: LocatedDict, runtime: Runtime, registry: ProcessorRegistry) -> dict[str, Pipeline]:
-    """Register a :class:`Pipeline` as ``pipeline.<dotted name>`` for each leaf of *section*."""
+def build_pipelines(section: LocatedDict, runtime: Runtime) -> dict[str, Pipeline]:
+    """Register a :class:`Pipeline` as ``pipeline.<dotted name>`` for each leaf of *section*.
+
+    Processors come from ``runtime.processors``; every resource a pipeline's steps
+    name becomes a dependency of that pipeline.
+    """
     built: dict[str, Pipeline] = {}
-    _walk(section, "", runtime, registry, built)
+    _walk(section, "", runtime, built)
     return built
 
 
@@ -122,7 +125,7 @@ def _is_pipeline_mapping(value) -> bool:
     return isinstance(value, dict) and any(key in value for key in STEP_KEYS)
 
 
-def _walk(node: LocatedDict, prefix: str, runtime: Runtime, registry: ProcessorRegistry, built: dict) -> None:
+def _walk(node: LocatedDict, prefix: str, runtime: Runtime, built: dict) -> None:
     for key in node:
         where = node.where_of(key)
         if not isinstance(key, str) or not key or "." in key:
@@ -133,11 +136,13 @@ def _walk(node: LocatedDict, prefix: str, runtime: Runtime, registry: ProcessorR
         value = node[key]
         if isinstance(value, LocatedList):
             pipeline = Pipeline(name, where)
-            pipeline.steps = build_steps(value, name, runtime, registry)
+            with runtime.building("pipeline." + name):
+                pipeline.steps = build_steps(value, name, runtime)
         elif _is_pipeline_mapping(value):
-            pipeline = _pipeline_from_mapping(value, name, where, runtime, registry)
+            with runtime.building("pipeline." + name):
+                pipeline = _pipeline_from_mapping(value, name, where, runtime)
         elif isinstance(value, LocatedDict):
-            _walk(value, name, runtime, registry, built)
+            _walk(value, name, runtime, built)
             continue
         else:
             runtime.errors.add(f"pipeline {name!r} must be a list of steps or a mapping of pipelines", where,
@@ -147,7 +152,7 @@ def _walk(node: LocatedDict, prefix: str, runtime: Runtime, registry: ProcessorR
         runtime.register("pipeline." + name, pipeline, where)
 
 
-def _pipeline_from_mapping(value: LocatedDict, name, where, runtime, registry) -> Pipeline:
+def _pipeline_from_mapping(value: LocatedDict, name, where, runtime) -> Pipeline:
     pipeline = Pipeline(name, where)
     step_keys = [k for k in STEP_KEYS if k in value]
     error_keys = [k for k in ERROR_KEYS if k in value]
@@ -161,7 +166,7 @@ def _pipeline_from_mapping(value: LocatedDict, name, where, runtime, registry) -
                            "use either the Piped names or 'steps'/'on_error', not both")
     steps = value[step_keys[0]]
     if isinstance(steps, LocatedList):
-        pipeline.steps = build_steps(steps, name, runtime, registry)
+        pipeline.steps = build_steps(steps, name, runtime)
     else:
         runtime.errors.add(f"the steps of pipeline {name!r} must be a list", value.where_of(step_keys[0]))
     if error_keys:
@@ -171,23 +176,23 @@ def _pipeline_from_mapping(value: LocatedDict, name, where, runtime, registry) -
             context = StepContext(runtime, name, error_where, {})
             pipeline.error_pipeline = context.pipeline_reference(errors)
         elif isinstance(errors, LocatedList):
-            pipeline.error_steps = build_steps(errors, name, runtime, registry)
+            pipeline.error_steps = build_steps(errors, name, runtime)
         else:
             runtime.errors.add(f"the error steps of pipeline {name!r} must be a list or a pipeline name",
                                error_where)
     return pipeline
 
 
-def build_steps(items: LocatedList, pipeline_name: str, runtime: Runtime, registry: ProcessorRegistry) -> list[Step]:
+def build_steps(items: LocatedList, pipeline_name: str, runtime: Runtime) -> list[Step]:
     steps = []
     for index, item in enumerate(items):
-        step = build_step(item, items.where_of(index), pipeline_name, runtime, registry)
+        step = build_step(item, items.where_of(index), pipeline_name, runtime)
         if step is not None:
             steps.append(step)
     return steps
 
 
-def build_step(item, where: Location, pipeline_name: str, runtime: Runtime, registry: ProcessorRegistry):
+def build_step(item, where: Location, pipeline_name: str, runtime: Runtime):
     """Check one ``- name: {options}`` item and construct its processor."""
     if isinstance(item, str):
         name, options = item, LocatedDict(where=where)
@@ -205,7 +210,7 @@ def build_step(item, where: Location, pipeline_name: str, runtime: Runtime, regi
                            "write '- name' or '- name: {options}'")
         return None
     try:
-        cls = registry.lookup(name)
+        cls = runtime.processors.lookup(name)
     except ConfigError as error:
         runtime.errors.add(error.message, where, error.hint)
         return None

@@ -7,13 +7,20 @@ need as :class:`Reference` objects; once every section has registered its
 resources, :meth:`Runtime.resolve` checks all references at once, so a
 misspelt pipeline name is one more error in the report rather than a crash at
 request time.
+
+Each reference also records *who* needs the resource (``by``): a route's site,
+a pipeline whose step names it, a pending table's fallback.  Those edges are
+the daemon's dependency graph, from which its services' start and stop order
+follows (see :mod:`pipedingest.graph`).
 """
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from pipedingest.config.errors import ConfigError, ErrorCollector, Location, close_matches_hint
+from pipedingest.engine.registry import ProcessorRegistry
 
 
 class Reference:
@@ -21,11 +28,16 @@ class Reference:
 
     _UNRESOLVED = object()
 
-    def __init__(self, name: str, where: Location, wanted: str = "resource"):
+    def __init__(self, name: str, where: Location, wanted: str = "resource", by: Optional[str] = None):
         self.name = name
         self.where = where
         self.wanted = wanted
+        #: The resource that needs this one (None: nobody in particular, e.g. a test).
+        self.by = by
         self._value: Any = self._UNRESOLVED
+
+    def resolve(self, value: Any) -> None:
+        self._value = value
 
     @property
     def value(self) -> Any:
@@ -40,16 +52,21 @@ class Reference:
 class Runtime:
     """The resources of one daemon, by name, and the references to them."""
 
-    def __init__(self, reactor=None):
+    def __init__(self, reactor=None, clock=None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
+        #: What listens and connects (IReactorTCP ...).
         self.reactor = reactor
+        #: What times things (IReactorTime): the reactor, or a ``task.Clock`` in tests.
+        self.clock = clock if clock is not None else reactor
         self.errors = ErrorCollector()
+        self.processors = ProcessorRegistry()
         self.resources: dict[str, Any] = {}
         self.definitions: dict[str, Location] = {}
-        self._references: list[Reference] = []
+        self.references: list[Reference] = []
+        self._owner: Optional[str] = None
 
     def register(self, name: str, value: Any, where: Optional[Location] = None) -> None:
         if name in self.resources:
@@ -59,10 +76,32 @@ class Runtime:
         self.resources[name] = value
         self.definitions[name] = where
 
-    def reference(self, name: str, where: Location, wanted: str = "resource") -> Reference:
-        ref = Reference(name, where, wanted)
-        self._references.append(ref)
+    def reference(self, name: str, where: Location, wanted: str = "resource", by: Optional[str] = None) -> Reference:
+        """A reference to the resource *name*, needed by the resource *by*.
+
+        Without *by*, the resource being built (see :meth:`building`) is the one
+        that needs it, so a processor written before ``by`` existed still declares
+        its dependency.
+        """
+        ref = Reference(name, where, wanted, by if by is not None else self._owner)
+        self.references.append(ref)
         return ref
+
+    def pipeline_reference(self, name: Any, where: Location, by: str) -> Optional[Reference]:
+        """A reference to the pipeline *name*, written ``pipeline.x``; None after reporting a bad name."""
+        if not isinstance(name, str) or not name.startswith("pipeline."):
+            self.errors.add(f"{name!r} must name a pipeline", where, f"write pipeline.{name}")
+            return None
+        return self.reference(name, where, "pipeline", by=by)
+
+    @contextlib.contextmanager
+    def building(self, owner: str) -> Iterator[None]:
+        """References taken inside this block are needed by *owner*."""
+        outer, self._owner = self._owner, owner
+        try:
+            yield
+        finally:
+            self._owner = outer
 
     def get(self, name: str) -> Any:
         return self.resources[name]
@@ -72,9 +111,9 @@ class Runtime:
 
     def resolve(self) -> None:
         """Resolve every reference taken so far, reporting each unknown name."""
-        for ref in self._references:
+        for ref in self.references:
             if ref.name in self.resources:
-                ref._value = self.resources[ref.name]
+                ref.resolve(self.resources[ref.name])
                 continue
             kind = ref.name.split(".", 1)[0] + "."
             candidates = [name[len(kind):] for name in self.names(kind)]
@@ -101,8 +140,17 @@ class StepContext:
     def reactor(self):
         return self.runtime.reactor
 
+    @property
+    def clock(self):
+        return self.runtime.clock
+
     def where_of(self, key: str) -> Location:
         return self._option_locations.get(key, self.where)
+
+    def reference(self, name: str, key: Optional[str] = None, wanted: str = "resource") -> Reference:
+        """A resource this step's pipeline needs; *key* is the option that names it (for error lines)."""
+        where = self.where_of(key) if key else self.where
+        return self.runtime.reference(name, where, wanted, by="pipeline." + self.pipeline)
 
     def pipeline_reference(self, name: str, key: str = "pipeline") -> Reference:
         """Reference a pipeline by absolute name, ``.sibling`` or ``..uncle`` name."""
@@ -110,10 +158,10 @@ class StepContext:
         if absolute is None:
             raise ConfigError(f"relative pipeline name {name!r} climbs above the top of 'pipelines'",
                               "use fewer leading dots or an absolute name", key=key)
-        return self.runtime.reference("pipeline." + absolute, self.where_of(key), "pipeline")
+        return self.reference("pipeline." + absolute, key, "pipeline")
 
     def context_reference(self, name: str, key: str = "context") -> Reference:
-        return self.runtime.reference("context." + name, self.where_of(key), "context")
+        return self.reference("context." + name, key, "context")
 
 
 def resolve_pipeline_name(name: str, current: str) -> Optional[str]:

@@ -1,6 +1,6 @@
-"""Named-entity extraction: spaCy in ampoule child processes, never on the reactor thread.
+"""Named-entity extraction: spaCy in child processes, never on the reactor thread.
 
-``commands`` is the AMP protocol between the pool and its children, ``child`` the child process (the only module
-that imports spaCy), ``pool`` the service the daemon talks to, ``model`` finds a model without spaCy, ``errors``
-what can go wrong for an article.
+``pool`` is the service the daemon talks to; it cuts the articles of its ``queue`` into batches and hands them
+to the processes of ``children``, each running ``child`` (the only module that imports spaCy) and speaking the
+AMP of ``commands``. ``model`` finds a model without spaCy, ``errors`` says what can go wrong for an article.
 """

@@ -1,16 +1,19 @@
 """The AMP child: one process, one spaCy pipeline, loaded once, fed batches of texts.
 
-This is the only module of the daemon that imports spaCy. ampoule starts it in a fresh interpreter by its
-dotted name (``pipedingest.ner.child.NERChild``) and passes the pool's ``ampChildArgs`` to the constructor: here
-one JSON string of settings (see ``ChildSettings``), so the model never travels through environment variables.
+This is the only module of the daemon that imports spaCy. The pool starts it as
+``python -m pipedingest.ner.child SETTINGS`` (see ``main``), SETTINGS being one JSON string (see
+``ChildSettings``): the model never travels through environment variables, and ``ps`` shows what each child is.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 from ampoule.child import AMPChild
+from twisted import logger
 
 from pipedingest.ner.commands import DescribeModel, ExtractEntities
 from pipedingest.ner.errors import ModelLoadFailed
@@ -33,6 +36,8 @@ class ChildSettings:
     crash_marker_for_tests: str = ""
 
     def to_json(self) -> str:
+        """ASCII-only JSON: it is the child's command-line argument, where a NUL (the tests' marker has some)
+        could not go."""
         return json.dumps({**self.__dict__, "exclude": list(self.exclude)})
 
     @classmethod
@@ -91,15 +96,39 @@ class NERChild(AMPChild):
         marker = self.settings.crash_marker_for_tests
         if marker and any(marker in text for text in texts):
             os._exit(70)
-        results = []
         # memory_zone frees the strings and docs a batch interned, so a child's memory does not creep up.
         with nlp.memory_zone():
-            for doc in nlp.pipe(texts, batch_size=max(1, len(texts))):
-                results.append({
-                    "entities": [
-                        {"text": ent.text, "label": ent.label_, "start": ent.start_char, "end": ent.end_char}
-                        for ent in doc.ents
-                    ],
-                    "words": sum(1 for token in doc if not (token.is_space or token.is_punct)),
-                })
+            results = [
+                {"entities": [
+                    {"text": ent.text, "label": ent.label_, "start": ent.start_char, "end": ent.end_char}
+                    for ent in doc.ents
+                ]}
+                for doc in nlp.pipe(texts, batch_size=max(1, len(texts)))
+            ]
         return {"results": results, "rss": resident_bytes()}
+
+
+def main(argv=None) -> None:
+    """Run one child: ``python -m pipedingest.ner.child SETTINGS``, what ampoule's bootstrap code does.
+
+    The pool speaks AMP on file descriptors 3 (to the child) and 4 (from it), which leaves stdout and stderr to
+    whatever a library prints; the pool logs those lines as warnings, so the child logs warnings and worse
+    only. SIGINT is ignored: a Ctrl-C in the daemon's terminal reaches the whole process group, and it is the
+    pool that stops its children, after their work is done (it would otherwise see them die and start new ones
+    while shutting down). The model loads before AMP starts; commands sent meanwhile wait in the pipe.
+    """
+    (settings,) = (sys.argv if argv is None else argv)[1:]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The platform's default reactor: importing ampoule (above) has installed it already.
+    from twisted.internet import reactor, stdio
+
+    quiet = logger.LogLevelFilterPredicate(defaultLogLevel=logger.LogLevel.warn)
+    logger.globalLogBeginner.beginLoggingTo(
+        [logger.FilteringLogObserver(logger.textFileLogObserver(sys.stderr), [quiet])]
+    )
+    stdio.StandardIO(NERChild(settings), stdin=3, stdout=4)
+    reactor.run(installSignalHandlers=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,8 +6,8 @@ kills the child that sends it. Articles and their entity lists are far bigger, s
 joined again on the other side.
 
 The encodings are chosen to keep the parent (the reactor process) lean: texts travel as their UTF-8 bytes
-behind a line of byte lengths (no escaping), results as one compact JSON document that the child builds and the
-parent parses with the C decoder.
+behind a line of byte lengths (no escaping; the pool encodes each text once, when it accepts it), results as
+one compact JSON document that the child builds and the parent parses with the C decoder.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ class Chunked(amp.Argument):
         raise NotImplementedError
 
     def toBox(self, name, strings, objects, proto):
+        # Twisted has no public way to turn an argument's wire name into its keyword name.
         data = self.encode(self.retrieve(objects, amp._wireNameToPythonIdentifier(name), proto))
         strings[name] = data[:CHUNK_BYTES]
         for index, offset in enumerate(range(CHUNK_BYTES, len(data), CHUNK_BYTES), start=1):
@@ -50,13 +51,15 @@ class Chunked(amp.Argument):
 
 
 class TextList(Chunked):
-    """A list of ``str``: a first line of UTF-8 byte lengths, then the texts' bytes back to back.
+    """A list of texts: a first line of UTF-8 byte lengths, then the texts' bytes back to back.
 
-    Cheaper than JSON for article bodies: nothing is escaped, and each text is encoded exactly once.
+    Cheaper than JSON for article bodies: nothing is escaped. The sender may give each text as its UTF-8
+    ``bytes`` (the pool does: it encoded the text once, when it checked it) or as ``str``; the receiver always
+    gets ``str``.
     """
 
     def encode(self, texts) -> bytes:
-        encoded = [text.encode("utf-8") for text in texts]
+        encoded = [text if isinstance(text, bytes) else text.encode("utf-8") for text in texts]
         header = ",".join(str(len(data)) for data in encoded).encode("ascii")
         return b"\n".join([header, b"".join(encoded)])
 
@@ -98,9 +101,10 @@ class DescribeModel(amp.Command):
 class ExtractEntities(amp.Command):
     """Run one batch of texts through ``nlp.pipe`` in a child.
 
-    ``results[i]`` belongs to ``texts[i]``: ``{"entities": [{"text", "label", "start", "end"}, ...], "words": n}``
-    with ``start``/``end`` character offsets into that text. ``rss`` is the child's resident memory in bytes
-    after the batch, so the pool can recycle a child that grew too big.
+    ``results[i]`` belongs to ``texts[i]``: ``{"entities": [{"text", "label", "start", "end"}, ...]}`` with
+    ``start``/``end`` character offsets into that text. No word count: the pool counts whitespace words itself
+    when it accepts a text, and a per-token loop here would only cost the child time. ``rss`` is the child's
+    resident memory in bytes after the batch, so the pool can recycle a child that grew too big.
     """
 
     arguments = [(b"texts", TextList())]

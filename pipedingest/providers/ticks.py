@@ -1,61 +1,46 @@
 """``ticks: interval: <name>: {interval, processor}``: run a pipeline periodically.
 
 Each tick runs the pipeline with a fresh baton ``{"tick": name, "time": now}``.
-A tick whose previous run has not finished is skipped (LoopingCall waits), and
-a failing run is logged without stopping the ticks.
+A tick whose previous run has not finished is skipped (the next run waits for
+it), a failing run is logged without stopping the ticks, and stopping a tick
+waits for the run in progress.  Ticks start once the sites listen (they are in
+the ``tick`` stage of the service graph) and need what their pipeline needs.
 """
 from __future__ import annotations
 
-from twisted.application.service import Service
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from pipedingest.config.schema import Option, check_section
+from pipedingest.graph import TICK
+from pipedingest.periodic import PeriodicService
 from pipedingest.providers.base import IProvider, Provider
 
-log = Logger()
-
 TICK_OPTIONS = {
-    "interval": Option(float, doc="seconds between runs"),
+    "interval": Option(float, doc="seconds between runs", above=0),
     "processor": Option(str, doc="the pipeline to run, as pipeline.<name>"),
     "auto_start": Option(bool, True, "start ticking when the daemon starts"),
     "run_at_start": Option(bool, False, "run once immediately at start"),
 }
 
 
-class TickService(Service):
+class TickService(PeriodicService):
     """Runs a pipeline every *interval* seconds on an injectable clock."""
 
+    stage = TICK
+
     def __init__(self, name: str, interval: float, pipeline, clock, auto_start=True, run_at_start=False):
-        self.name = name
-        self.interval = interval
+        super().__init__(interval, clock, now=run_at_start, auto_start=auto_start)
+        self.setName(f"tick.{name}")
+        self.tick = name
         self.pipeline = pipeline  # a Reference
-        self.clock = clock
-        self.auto_start = auto_start
-        self.run_at_start = run_at_start
-        self.loop = LoopingCall(self.tick)
-        self.loop.clock = clock
-        self.runs = 0
 
-    def tick(self):
-        self.runs += 1
-        baton = {"tick": self.name, "time": self.clock.seconds()}
-        return self.pipeline.value(baton).addErrback(self._failed)
+    @property
+    def runs(self) -> int:
+        return self.calls
 
-    def _failed(self, failure):
-        log.failure("tick {name!r} failed", failure, name=self.name)
-
-    def startService(self):
-        super().startService()
-        if self.auto_start:
-            self.loop.start(self.interval, now=self.run_at_start)
-
-    def stopService(self):
-        super().stopService()
-        if self.loop.running:
-            self.loop.stop()
+    def run_once(self):
+        return self.pipeline.value({"tick": self.tick, "time": self.clock.seconds()})
 
 
 @implementer(IPlugin, IProvider)
@@ -63,8 +48,8 @@ class TicksProvider(Provider):
     section = "ticks"
     order = 60
 
-    def configure(self, value, where, daemon) -> None:
-        errors = daemon.runtime.errors
+    def configure(self, value, where, runtime) -> None:
+        errors = runtime.errors
         if value is None:
             return
         if not isinstance(value, dict) or set(value) - {"interval"}:
@@ -79,16 +64,13 @@ class TicksProvider(Provider):
             settings = check_section(TICK_OPTIONS, spec, f"tick {name!r}", errors, ticks.where_of(name))
             if settings is None:
                 continue
-            if settings["interval"] <= 0:
-                errors.add(f"tick {name!r} needs a positive interval", spec.where_of("interval"))
-                continue
-            reference = daemon.pipeline_reference(settings["processor"], spec.where_of("processor"))
+            reference = runtime.pipeline_reference(settings["processor"], spec.where_of("processor"),
+                                                   by=f"tick.{name}")
             if reference is None:
                 continue
-            service = TickService(name, settings["interval"], reference, daemon.runtime.reactor,
+            service = TickService(name, settings["interval"], reference, runtime.clock,
                                   settings["auto_start"], settings["run_at_start"])
-            daemon.runtime.register(f"tick.{name}", service, ticks.where_of(name))
-            daemon.add_service(service, "ticks")
+            runtime.register(f"tick.{name}", service, ticks.where_of(name))
 
 
 provider = TicksProvider()

@@ -18,7 +18,8 @@
               __config__: {processor: pipeline.web.articles.get, methods: [GET]}
 
 Every site also answers ``/health``, ``/ready`` and ``/status`` unless its
-routing defines those paths itself.
+routing defines those paths itself.  Registered as ``site.<name>``, a service that
+needs every pipeline its routes name (and so what their steps use).
 """
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ from pipedingest.config.errors import ErrorCollector
 from pipedingest.config.loader import LocatedDict, LocatedList
 from pipedingest.config.schema import Option, check_section
 from pipedingest.providers.base import IProvider, Provider
+from pipedingest.status import BUILTIN_ENDPOINTS
 from pipedingest.web.site import PipelineResource, PipelineSite, Route, RouteNode, SiteService
 
 SITE_OPTIONS = {
-    "port": Option(int, 8080, "the TCP port; 0 picks a free one"),
+    "port": Option(int, 8080, "the TCP port; 0 picks a free one", minimum=0),
     "interface": Option(str, "127.0.0.1", "the address to listen on"),
-    "max_body_bytes": Option(int, 2 * 1024 * 1024, "larger request bodies are answered with 413"),
-    "response_timeout": Option(float, 60.0, "seconds before an unanswered request gets 504"),
+    "max_body_bytes": Option(int, 2 * 1024 * 1024, "larger request bodies are answered with 413", minimum=1),
+    "response_timeout": Option(float, 60.0, "seconds a request may take: its deadline; 504 after it", above=0),
     "builtin_endpoints": Option(bool, True, "serve /health, /ready and /status"),
     "routing": Option(dict, doc="the routing tree: path segments → {__config__: {processor: pipeline.x}}"),
 }
@@ -50,39 +52,35 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 class WebProvider(Provider):
     section = "web"
     order = 40
+    entry_options = SITE_OPTIONS
+    entry_kind = "web site"
+    example = "web: {main: {port: 8080, routing: {...}}}"
 
-    def configure(self, value, where, daemon) -> None:
-        errors = daemon.runtime.errors
-        if value is None:
-            return
-        if not isinstance(value, dict) or not value:
-            errors.add("'web' must map site names to their settings", where,
-                       "for example: web: {main: {port: 8080, routing: {...}}}")
-            return
-        for name, spec in value.items():
-            settings = check_section(SITE_OPTIONS, spec, f"web site {name!r}", errors, value.where_of(name))
-            if settings is None:
-                continue
-            if not 0 <= settings["port"] <= 65535:
-                errors.add(f"port {settings['port']} is out of range", spec.where_of("port"), "use 0 to 65535")
-            tree = RouteNode()
-            build_routes(settings["routing"], tree, "", daemon.runtime, errors)
-            builtin = daemon.status.endpoints() if settings["builtin_endpoints"] else {}
-            builtin = {path: handler for path, handler in builtin.items() if path not in tree.children}
-            resource = PipelineResource(name, tree, daemon.runtime.reactor, settings["response_timeout"], builtin)
-            site = PipelineSite(resource, settings["max_body_bytes"])
-            service = SiteService(name, site, settings["port"], settings["interface"], daemon.runtime.reactor)
-            daemon.add_site(name, service, value.where_of(name))
+    def configure_entry(self, name, settings, spec, where, runtime) -> None:
+        errors = runtime.errors
+        if settings["port"] > 65535:
+            errors.add(f"port {settings['port']} is out of range", spec.where_of("port"), "use 0 to 65535")
+        resource_name = f"site.{name}"
+        tree = RouteNode()
+        build_routes(settings["routing"], tree, "", runtime, errors, resource_name)
+        status, builtin = None, frozenset()
+        if settings["builtin_endpoints"]:
+            status = runtime.reference("daemon.status", where, by=resource_name)
+            builtin = frozenset(path for path in BUILTIN_ENDPOINTS if path not in tree.children)
+        resource = PipelineResource(name, tree, runtime.clock, settings["response_timeout"], status, builtin)
+        site = PipelineSite(resource, settings["max_body_bytes"])
+        runtime.register(resource_name, SiteService(name, site, settings["port"], settings["interface"],
+                                                    runtime.reactor), where)
 
 
-def build_routes(node: LocatedDict, tree: RouteNode, prefix: str, runtime, errors: ErrorCollector) -> None:
+def build_routes(node: LocatedDict, tree: RouteNode, prefix: str, runtime, errors: ErrorCollector, by: str) -> None:
     for key, child in node.items():
         where = node.where_of(key)
         if key == "__config__":
             entries = child if isinstance(child, LocatedList) else [child]
             for index, entry in enumerate(entries):
                 entry_where = entries.where_of(index) if isinstance(entries, LocatedList) else where
-                route = _route(entry, prefix or "/", runtime, errors, entry_where)
+                route = _route(entry, prefix or "/", runtime, errors, entry_where, by)
                 if route is not None:
                     tree.routes.append(route)
             continue
@@ -103,10 +101,10 @@ def build_routes(node: LocatedDict, tree: RouteNode, prefix: str, runtime, error
             tree.param = (key[1:-1], sub)
         else:
             sub = tree.children.setdefault(key, RouteNode())
-        build_routes(child, sub, path, runtime, errors)
+        build_routes(child, sub, path, runtime, errors, by)
 
 
-def _route(entry, pattern: str, runtime, errors: ErrorCollector, where):
+def _route(entry, pattern: str, runtime, errors: ErrorCollector, where, by: str):
     settings = check_section(ROUTE_OPTIONS, entry, f"the route at {pattern}", errors, where)
     if settings is None:
         return None
@@ -115,7 +113,7 @@ def _route(entry, pattern: str, runtime, errors: ErrorCollector, where):
         errors.add(f"route processor {processor!r} must name a pipeline", entry.where_of("processor"),
                    f"write processor: pipeline.{processor}")
         return None
-    reference = runtime.reference(processor, entry.where_of("processor"), "pipeline")
+    reference = runtime.reference(processor, entry.where_of("processor"), "pipeline", by=by)
     methods = settings["methods"]
     if isinstance(methods, str):
         methods = [methods]

@@ -24,13 +24,16 @@ class Response:
 
 
 class StatusClient:
-    """Talks to one base URL; keeps no connections open between tests."""
+    """Talks to one base URL over a persistent connection, closed by :meth:`close` after the tests."""
 
     def __init__(self, reactor, base_url: str):
         self.base_url = base_url.rstrip("/")
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        pool._factory.noisy = False  # one log line per test connection is noise
-        self.agent = Agent(reactor, pool=pool)
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.agent = Agent(reactor, pool=self.pool)
+
+    def close(self):
+        """Close the connections kept between tests; a Deferred."""
+        return self.pool.closeCachedConnections()
 
     @inlineCallbacks
     def request(self, method: str, path: str, query: Optional[dict] = None, json_body: Any = None,

@@ -82,6 +82,8 @@ class StatusTestRunner:
         self.declared = declared
         self.classes = classes
         self.timeout = timeout
+        #: A Reference to the site the tests talk to (set by the status-tests provider).
+        self.site = None
         self.report: Optional[Report] = None
 
     @property

@@ -21,7 +21,6 @@ stores, so that the HTTP layer can answer 413 and dev behaves like prod.
 """
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,15 +30,11 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute
 
-#: The fields an article carries into the store (besides its ``id``).
-ARTICLE_FIELDS = (
-    "title", "source", "url", "published", "body",
-    "entities", "entity_counts", "words", "model",
-)
+from pipedingest.article import ArticleError, check_document
+from pipedingest.idle import WhenIdle
+
 #: Firestore's limit on one document, the default limit for every store.
 MAX_DOCUMENT_BYTES = 1_048_576
-
-_RESERVED_ID = re.compile(r"^__.*__$")
 
 
 class StoreError(Exception):
@@ -95,42 +90,13 @@ class IArticleStore(IService):
         """A JSON-able dict for /status: queued, in_flight, commits, retries, errors, threads."""
 
 
-def check_article_id(article_id: Any) -> str:
-    """Refuse ids that are not valid Firestore document ids, in every store alike."""
-    if not isinstance(article_id, str) or not article_id:
-        raise InvalidArticle(f"article id must be a non-empty string, not {article_id!r}")
-    problem = None
-    if "/" in article_id:
-        problem = "contains '/'"
-    elif article_id in (".", ".."):
-        problem = "is '.' or '..'"
-    elif _RESERVED_ID.match(article_id):
-        problem = "matches the reserved pattern __.*__"
-    elif len(article_id.encode("utf-8")) > 1500:
-        problem = "is longer than 1500 bytes"
-    if problem:
-        raise InvalidArticle(f"article id {article_id!r} {problem}", article_id)
-    return article_id
-
-
-def article_fields(article: dict) -> dict:
-    """The stored fields of *article* (without ``id`` and ``ingested_at``), checked for shape.
-
-    Unknown keys are refused rather than dropped, so that nothing a caller sends is
-    lost without a word; missing optional keys are simply absent from the document.
-    """
-    if not isinstance(article, dict):
-        raise InvalidArticle(f"an article must be a dict, not {type(article).__name__}")
-    article_id = check_article_id(article.get("id"))
-    unknown = sorted(set(article) - set(ARTICLE_FIELDS) - {"id"})
-    if unknown:
-        raise InvalidArticle(
-            f"article {article_id!r} has keys the store does not keep: {', '.join(unknown)}; "
-            f"allowed: id, {', '.join(ARTICLE_FIELDS)}", article_id)
-    source = article.get("source")
-    if not isinstance(source, str) or not source:
-        raise InvalidArticle(f"article {article_id!r} needs a non-empty string 'source'", article_id)
-    return {key: article[key] for key in ARTICLE_FIELDS if key in article}
+def article_fields(article: Any) -> dict:
+    """The stored fields of *article* (without ``id``), or :class:`InvalidArticle` (see ``check_document``)."""
+    try:
+        return check_document(article)
+    except ArticleError as error:
+        article_id = article.get("id") if isinstance(article, dict) and isinstance(article.get("id"), str) else None
+        raise InvalidArticle(error.message, article_id) from None
 
 
 def entity_tally(entities) -> dict[str, dict[str, int]]:
@@ -204,19 +170,28 @@ class ThreadedStore(Service):
     The pool starts with the service.  ``stopService`` first lets subclasses flush
     (:meth:`flush`), then waits for every call still in a thread, and only then
     stops the pool, so joining its threads never blocks the reactor for long.
+
+    :meth:`put` does what every store does before writing: check the document's
+    shape and size (:class:`InvalidArticle`, :class:`DocumentTooLarge`, counted as
+    errors) and refuse work while not running; subclasses :meth:`prepare` the
+    write (more checks of their own) and :meth:`write` it.
     """
 
     kind = "store"
+    #: Where documents go (the SQLite table, the Firestore collection): part of a document's size.
+    container = ""
 
-    def __init__(self, threads: int, reactor=None, clock=None):
+    def __init__(self, threads: int, reactor=None, clock=None, max_document_bytes: int = MAX_DOCUMENT_BYTES):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._threads = threads
+        self.max_document_bytes = max_document_bytes
         self._pool = self._new_pool()
         self._busy = 0
-        self._idle: list[Deferred] = []
+        self._idle = WhenIdle(lambda: not self._busy)
+        self._stats = {"errors": 0}
 
     def _new_pool(self) -> ThreadPool:
         return ThreadPool(minthreads=1, maxthreads=self._threads, name=f"store-{self.kind}")
@@ -230,7 +205,7 @@ class ThreadedStore(Service):
     def stopService(self):
         super().stopService()
         done = self.flush()
-        done.addCallback(lambda _: self._until_idle())
+        done.addCallback(lambda _: self._idle.wait())
         done.addCallback(lambda _: self.closing())
         done.addBoth(self._stop_pool)
         return done
@@ -248,12 +223,33 @@ class ThreadedStore(Service):
             self._pool.stop()
         return result
 
-    def _until_idle(self) -> Deferred:
-        if not self._busy:
-            return succeed(None)
-        waiter = Deferred()
-        self._idle.append(waiter)
-        return waiter
+    # -- writes ----------------------------------------------------------------------------------------
+
+    def put(self, article) -> Deferred:
+        """Store *article*; Deferred[bool]: True if created now, False if that id was already stored."""
+        try:
+            fields = article_fields(article)
+            article_id = article["id"]
+            size = document_size(self.container, article_id, fields)
+            if size > self.max_document_bytes:
+                raise DocumentTooLarge(article_id, size, self.max_document_bytes)
+            write = self.prepare(article_id, fields)
+        except StoreError:
+            self._stats["errors"] += 1
+            return fail()
+        if not self.running:
+            return fail(StoreUnavailable(f"the {self.kind} store is not running", article_id))
+        return self.write(write)
+
+    def prepare(self, article_id: str, fields: dict):
+        """What :meth:`write` needs for one checked document; raise a :class:`StoreError` to refuse it."""
+        raise NotImplementedError
+
+    def write(self, prepared) -> Deferred:
+        """Write what :meth:`prepare` made; Deferred[bool] as for :meth:`put`."""
+        raise NotImplementedError
+
+    # -- the thread pool ------------------------------------------------------------------------------
 
     def in_thread(self, function, *args, **kwargs) -> Deferred:
         """Run *function* on this store's pool; the Deferred fires on the reactor thread."""
@@ -263,10 +259,7 @@ class ThreadedStore(Service):
 
         def settled(result):
             self._busy -= 1
-            if not self._busy:
-                waiters, self._idle = self._idle, []
-                for waiter in waiters:
-                    waiter.callback(None)
+            self._idle.check()
             return result
 
         call = deferToThreadPool(self._reactor, self._pool, function, *args, **kwargs)

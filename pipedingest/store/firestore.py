@@ -51,21 +51,19 @@ from google.cloud import firestore
 from google.cloud.firestore_v1 import Increment
 from google.cloud.firestore_v1.base_query import FieldFilter
 from twisted.internet import task
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pipedingest.idle import WhenIdle
 from pipedingest.store.base import (
     MAX_DOCUMENT_BYTES,
-    DocumentTooLarge,
     IArticleStore,
     PermanentStoreError,
     StoreError,
     StoreUnavailable,
     ThreadedStore,
-    article_fields,
     check_limit,
-    document_size,
     entity_tally,
     jsonable,
 )
@@ -186,9 +184,9 @@ class FirestoreStore(ThreadedStore):
             raise ValueError(f"max_batch_writes must be from 1 to 500, not {max_batch_writes}")
         if not collection or "/" in collection:
             raise ValueError(f"collection must be a collection id without '/', not {collection!r}")
-        super().__init__(threads=threads, reactor=reactor, clock=clock)
+        super().__init__(threads=threads, reactor=reactor, clock=clock, max_document_bytes=max_document_bytes)
         self.project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
-        self.collection = collection
+        self.collection = self.container = collection
         self.entity_counters_enabled = entity_counters
         self.counters_collection = counters_collection
         self.batch_window = batch_window
@@ -199,7 +197,6 @@ class FirestoreStore(ThreadedStore):
         self.retry_initial = retry_initial
         self.retry_maximum = retry_maximum
         self.retry_deadline = retry_deadline
-        self.max_document_bytes = max_document_bytes
         self._random = random or _random.Random()
         self._client_lock = threading.Lock()
         self._client_instance = None
@@ -212,9 +209,8 @@ class FirestoreStore(ThreadedStore):
         self._in_flight_items = 0
         self._commits_running = 0
         self._timer = None
-        self._flushed: list[Deferred] = []
-        self._stats = {"commits": 0, "retries": 0, "errors": 0, "created": 0, "existing": 0,
-                       "conflicts": 0, "split": 0}
+        self._flushed = WhenIdle(lambda: not self._queue and not self._commits_running)
+        self._stats.update({"commits": 0, "retries": 0, "created": 0, "existing": 0, "conflicts": 0, "split": 0})
         self._largest = {"writes": 0, "bytes": 0}
 
     # -- the client, in the pool's threads ------------------------------------
@@ -237,29 +233,21 @@ class FirestoreStore(ThreadedStore):
 
     # -- put: queue, batch, commit ---------------------------------------------
 
-    def put(self, article):
-        try:
-            fields = article_fields(article)
-            article_id = article["id"]
-            size = document_size(self.collection, article_id, fields)
-            if size > self.max_document_bytes:
-                raise DocumentTooLarge(article_id, size, self.max_document_bytes)
-            tally = entity_tally(fields.get("entities")) if self.entity_counters_enabled else {}
-            item = _Pending(article_id, fields, tally, self._path_bytes)
-            if item.writes > self.max_batch_writes:
-                raise PermanentStoreError(
-                    f"article {article_id!r} has {len(tally)} distinct entities; their counters and "
-                    f"the article need {item.writes} writes, more than one commit's "
-                    f"{self.max_batch_writes}", article_id)
-            if item.size > self.max_batch_bytes:
-                raise PermanentStoreError(
-                    f"article {article_id!r} needs about {item.size} request bytes, more than "
-                    f"max_batch_bytes={self.max_batch_bytes}", article_id)
-        except StoreError:
-            self._stats["errors"] += 1
-            return fail()
-        if not self.running:
-            return fail(StoreUnavailable(f"the {self.kind} store is not running", article_id))
+    def prepare(self, article_id, fields):
+        tally = entity_tally(fields.get("entities")) if self.entity_counters_enabled else {}
+        item = _Pending(article_id, fields, tally, self._path_bytes)
+        if item.writes > self.max_batch_writes:
+            raise PermanentStoreError(
+                f"article {article_id!r} has {len(tally)} distinct entities; their counters and "
+                f"the article need {item.writes} writes, more than one commit's "
+                f"{self.max_batch_writes}", article_id)
+        if item.size > self.max_batch_bytes:
+            raise PermanentStoreError(
+                f"article {article_id!r} needs about {item.size} request bytes, more than "
+                f"max_batch_bytes={self.max_batch_bytes}", article_id)
+        return item
+
+    def write(self, item):
         self._queue.append(item)
         self._queued_writes += item.writes
         self._schedule()
@@ -444,17 +432,10 @@ class FirestoreStore(ThreadedStore):
         """Commit everything queued now, and fire when every accepted put is settled."""
         if self._queue:
             self._drain()
-        if not self._queue and not self._commits_running:
-            return succeed(None)
-        waiter = Deferred()
-        self._flushed.append(waiter)
-        return waiter
+        return self._flushed.wait()
 
     def _check_flushed(self):
-        if self._flushed and not self._queue and not self._commits_running:
-            waiters, self._flushed = self._flushed, []
-            for waiter in waiters:
-                waiter.callback(None)
+        self._flushed.check()
 
     # -- reads -----------------------------------------------------------------
 

@@ -23,14 +23,11 @@ from zope.interface import implementer
 
 from pipedingest.store.base import (
     MAX_DOCUMENT_BYTES,
-    DocumentTooLarge,
     IArticleStore,
     StoreError,
     StoreUnavailable,
     ThreadedStore,
-    article_fields,
     check_limit,
-    document_size,
     entity_tally,
     iso_utc,
     jsonable,
@@ -57,14 +54,13 @@ class SQLiteStore(ThreadedStore):
                  max_document_bytes: int = MAX_DOCUMENT_BYTES, reactor=None, clock=None):
         if not _IDENTIFIER.match(table):
             raise ValueError(f"table name {table!r} is not a plain SQL identifier")
-        super().__init__(threads=1, reactor=reactor, clock=clock)
+        super().__init__(threads=1, reactor=reactor, clock=clock, max_document_bytes=max_document_bytes)
         self.path = path
-        self.table = table
+        self.table = self.container = table
         self.entity_counters_enabled = entity_counters
-        self.max_document_bytes = max_document_bytes
         self._connection: sqlite3.Connection | None = None
         self._opened = None
-        self._stats = {"commits": 0, "errors": 0, "created": 0, "existing": 0}
+        self._stats.update({"commits": 0, "created": 0, "existing": 0})
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -83,10 +79,10 @@ class SQLiteStore(ThreadedStore):
         folder = os.path.dirname(self.path)
         if folder and self.path != ":memory:":
             os.makedirs(folder, exist_ok=True)  # here, not at configuration time: --check creates nothing
-        connection = sqlite3.connect(self.path, isolation_level=None)
+        # timeout: wait for a lock (another store on the same file opening it) instead of failing at once
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA busy_timeout=5000")
         connection.executescript(f"""
             CREATE TABLE IF NOT EXISTS {self.table} (
                 id TEXT PRIMARY KEY,
@@ -122,22 +118,15 @@ class SQLiteStore(ThreadedStore):
 
     # -- writes ----------------------------------------------------------------
 
-    def put(self, article):
-        try:
-            fields = article_fields(article)
-            article_id = article["id"]
-            size = document_size(self.table, article_id, fields)
-            if size > self.max_document_bytes:
-                raise DocumentTooLarge(article_id, size, self.max_document_bytes)
-            document = json.dumps(jsonable(fields), ensure_ascii=False, separators=(",", ":"))
-        except StoreError:
-            self._stats["errors"] += 1
-            return fail()
-        if not self.running:
-            return fail(StoreUnavailable(f"the {self.kind} store is not running"))
-        ingested_at = iso_utc(datetime.fromtimestamp(self._clock.seconds(), timezone.utc))
+    def prepare(self, article_id, fields):
+        document = json.dumps(jsonable(fields), ensure_ascii=False, separators=(",", ":"))
         tally = entity_tally(fields.get("entities")) if self.entity_counters_enabled else {}
-        written = self.in_thread(self._insert, article_id, fields["source"], ingested_at, document, tally)
+        return article_id, fields["source"], document, tally
+
+    def write(self, prepared):
+        article_id, source, document, tally = prepared
+        ingested_at = iso_utc(datetime.fromtimestamp(self._clock.seconds(), timezone.utc))
+        written = self.in_thread(self._insert, article_id, source, ingested_at, document, tally)
         written.addCallbacks(self._count_write, self._count_error)
         return written
 

@@ -12,20 +12,27 @@ import json
 from typing import Any, Optional
 from urllib.parse import unquote
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.web.server import Request
 
 JSON_TYPE = "application/json"
 
 
 class LimitedRequest(Request):
-    """A request that stops buffering its body past the site's limit.
+    """A request that stops buffering its body past the site's limit, and knows whether it was admitted.
 
     The limit is checked while the body arrives, so an oversized upload costs
     no memory; the site answers it with 413 once the body is complete.
+    ``admitted`` records whether the site was accepting work when the request's
+    first line arrived: a stopping site still serves requests that began before.
     """
 
     too_large = False
     _received = 0
+
+    def __init__(self, channel, *args, **kwargs):
+        super().__init__(channel, *args, **kwargs)
+        self.admitted = getattr(getattr(channel, "site", None), "accepting", True)
 
     def _limit(self) -> int:
         return getattr(self.channel.site, "max_body_bytes", 2 * 1024 * 1024)
@@ -76,6 +83,27 @@ class WebRequest:
         self.body: bytes = request.content.read()
         self.json: Any = None
         self.client = getattr(request.getClientAddress(), "host", None)
+        #: Set once the response is finished or the client has gone away.
+        self.ended = False
+        #: True when the client went away before its answer was finished.
+        self.disconnected = False
+        self._waiters: list[Deferred] = []
+        request.notifyFinish().addBoth(self._end)
+
+    def _end(self, outcome) -> None:
+        self.ended = True
+        self.disconnected = outcome is not None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(self.disconnected)
+
+    def when_ended(self) -> Deferred:
+        """Fires when the request is over: with True if its client went away, False if it was answered."""
+        if self.ended:
+            return succeed(self.disconnected)
+        waiter: Deferred = Deferred()
+        self._waiters.append(waiter)
+        return waiter
 
     @property
     def content_type(self) -> str:
@@ -86,7 +114,8 @@ class WebRequest:
 
     @property
     def finished(self) -> bool:
-        return bool(self.raw.finished or self.raw._disconnected)
+        """Answered, or its client went away: nothing more can be written."""
+        return bool(self.raw.finished or self.ended)
 
     def respond(self, status: int, body: bytes, content_type: str = JSON_TYPE,
                 headers: Optional[dict] = None) -> bool:

@@ -1,4 +1,4 @@
-"""Sites: routing HTTP requests to pipelines, and always answering them.
+"""Sites: routing HTTP requests to pipelines, always answering them, and draining on stop.
 
 :class:`PipelineResource` is the one place where a request becomes a baton,
 where the pipeline's outcome becomes a response, and where every failure
@@ -9,24 +9,48 @@ becomes a JSON error.  Whatever happens, the request is finished:
   the log, with the traceback);
 * the client went away → the pipeline's Deferred is cancelled, so work only
   that client waited for stops;
-* nobody answered within ``response_timeout`` → 504 JSON.
+* nobody answered by the request's deadline → 504 JSON (the site's backstop).
+
+Each accepted request is an :class:`Exchange`: its request, its pipeline run and
+its :class:`~pipedingest.deadline.Deadline` (``response_timeout`` from its
+arrival; the baton carries it as ``deadline``).  The exchange is over when the
+request is finished *and* the pipeline has settled; then its one timer, the
+backstop, is cancelled.  A request answered synchronously never gets a timer.
+
+**Stopping** (:class:`SiteService`): one reactor turn after the stop begins (so
+that requests whose bytes had already arrived are read and accepted), the site
+stops accepting: a request that starts arriving later gets 503 with
+``Retry-After`` and ``Connection: close``.  The port stays open while the site
+drains, so those 503s are answered (and access-logged) rather than refused.  Once
+every accepted exchange is over, the port closes and idle connections are closed.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from pipedingest.deadline import Deadline
+from pipedingest.graph import SITE
+from pipedingest.idle import WhenIdle
 from pipedingest.web.errors import describe_failure
 from pipedingest.web.request import JSON_TYPE, LimitedRequest, WebRequest, error_body
 
 log = Logger()
+
+#: Seconds after a request's deadline before the site answers it 504 itself: whoever
+#: waits on its work (the NER pool, a pending table's reaper) answers at the deadline.
+BACKSTOP_GRACE = 1.0
+#: What a 503 sent while stopping asks the client to wait, in seconds.
+RETRY_AFTER_STOPPING = 5
 
 
 @dataclass
@@ -65,16 +89,65 @@ class RouteNode:
         return sorted(methods)
 
 
+class Exchange:
+    """One accepted request: over once it is finished and its pipeline has settled."""
+
+    __slots__ = ("request", "route", "deadline", "running", "answered", "settled", "backstop")
+
+    def __init__(self, request: WebRequest, route: Route, deadline: Deadline):
+        self.request = request
+        self.route = route
+        self.deadline = deadline
+        self.running: Optional[Deferred] = None
+        self.answered = False
+        self.settled = False
+        self.backstop = None
+
+    @property
+    def over(self) -> bool:
+        return self.answered and self.settled
+
+    def describe(self) -> str:
+        return f"{self.request.method} {self.request.path} from {self.request.client} (route {self.route.pattern})"
+
+
+class TrackedChannel(HTTPChannel):
+    """An HTTP connection its site knows of, so that a stopping site can close the idle ones."""
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.site.channels.add(self)
+
+    def connectionLost(self, reason):
+        self.site.channels.discard(self)
+        super().connectionLost(reason)
+
+
 class PipelineSite(Site):
-    """A :class:`Site` with a body limit and a switch to refuse new work while stopping."""
+    """A :class:`Site` with a body limit, its open connections, and a switch to refuse new work."""
 
     requestFactory = LimitedRequest
+    protocol = TrackedChannel
     displayTracebacks = False
 
     def __init__(self, resource: "PipelineResource", max_body_bytes: int, **kwargs):
         super().__init__(resource, **kwargs)
         self.max_body_bytes = max_body_bytes
         self.pipeline_resource = resource
+        #: Requests that start arriving while this is true are accepted (``LimitedRequest.admitted``).
+        self.accepting = True
+        self.channels: set = set()
+
+    def close_idle_connections(self) -> None:
+        for channel in list(self.channels):
+            if not channel.requests:
+                channel.transport.loseConnection()
+
+
+def closing(request) -> None:
+    """Ask the client to close the connection after this response, and close it."""
+    request.setHeader(b"connection", b"close")
+    request.channel.persistent = False
 
 
 class PipelineResource(Resource):
@@ -82,20 +155,24 @@ class PipelineResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, name: str, tree: RouteNode, clock, response_timeout: float,
-                 builtin: Optional[dict[str, Callable[[WebRequest], None]]] = None):
+    def __init__(self, name: str, tree: RouteNode, clock, response_timeout: float, status=None,
+                 builtin: frozenset = frozenset()):
         super().__init__()
         self.name = name
         self.tree = tree
         self.clock = clock
         self.response_timeout = response_timeout
-        self.builtin = builtin or {}
-        self.accepting = True
-        self.in_flight: set[Deferred] = set()
-        self._idle_waiters: list[Deferred] = []
+        self.status = status  # a Reference to the DaemonStatus that serves the built-in endpoints
+        self.builtin = builtin
+        self.exchanges: set[Exchange] = set()
+        self.idle = WhenIdle(lambda: not self.exchanges)
+        self.draining = False
+        self.answered = 0
 
     def render(self, request):
         request.setHeader(b"server", b"pipedingest")
+        if self.draining:
+            closing(request)
         segments = [s.decode("utf-8", "replace") for s in request.postpath]
         if segments and segments[-1] == "":
             segments.pop()
@@ -104,8 +181,7 @@ class PipelineResource(Resource):
             return self._error(request, 413, "request body too large",
                                limit_bytes=request.channel.site.max_body_bytes)
         if len(segments) == 1 and segments[0] in self.builtin:
-            wrapped = WebRequest(request, route="/" + segments[0])
-            self.builtin[segments[0]](wrapped)
+            self.status.value.serve(segments[0], WebRequest(request, route="/" + segments[0]))
             return NOT_DONE_YET
         node, params = self.tree.match(segments)
         if node is None or not node.routes:
@@ -115,8 +191,9 @@ class PipelineResource(Resource):
         if route is None:
             request.setHeader(b"allow", ", ".join(node.allowed()).encode("ascii"))
             return self._error(request, 405, f"method {method} is not allowed here", allowed=node.allowed())
-        if not self.accepting:
-            request.setHeader(b"retry-after", b"5")
+        if not request.admitted:
+            request.setHeader(b"retry-after", str(RETRY_AFTER_STOPPING).encode("ascii"))
+            closing(request)
             return self._error(request, 503, "the daemon is shutting down")
         wrapped = WebRequest(request, params, route.pattern)
         if wrapped.body and wrapped.wants_json():
@@ -134,67 +211,107 @@ class PipelineResource(Resource):
         request.setHeader(b"content-type", JSON_TYPE.encode("ascii"))
         return error_body(status, message, **extra)
 
+    # -- an exchange --------------------------------------------------------------------------------------
+
     def _run(self, route: Route, wrapped: WebRequest) -> None:
-        running = route.pipeline.value({"request": wrapped})
-        self.in_flight.add(running)
-        timeout = self.clock.callLater(self.response_timeout, self._timed_out, wrapped, running)
+        deadline = Deadline.after(self.clock, self.response_timeout)
+        exchange = Exchange(wrapped, route, deadline)
+        self.exchanges.add(exchange)
+        wrapped.when_ended().addCallback(self._request_ended, exchange)
+        running = exchange.running = route.pipeline.value({"request": wrapped, "deadline": deadline})
+        running.addCallbacks(self._completed, self._failed, callbackArgs=(exchange,), errbackArgs=(exchange,))
+        running.addBoth(self._pipeline_settled, exchange)
+        if not exchange.over:
+            exchange.backstop = self.clock.callLater(max(0.0, deadline.remaining()) + BACKSTOP_GRACE,
+                                                     self._backstop, exchange)
 
-        def finished(_):
-            if timeout.active():
-                timeout.cancel()
-            if not running.called:
-                running.cancel()  # the client went away: stop work only it waited for
-
-        wrapped.raw.notifyFinish().addBoth(finished)
-        running.addCallbacks(self._completed, self._failed, callbackArgs=(wrapped, route),
-                             errbackArgs=(wrapped, route))
-        running.addBoth(self._done, running)
-
-    def _completed(self, baton, wrapped: WebRequest, route: Route) -> None:
-        if not wrapped.finished:
+    def _completed(self, baton, exchange: Exchange) -> None:
+        if not exchange.request.finished:
             log.debug("pipeline {pipeline} finished without answering {request}; it stays pending",
-                      pipeline=route.pipeline.name, request=wrapped)
+                      pipeline=exchange.route.pipeline.name, request=exchange.request)
 
-    def _failed(self, failure, wrapped: WebRequest, route: Route) -> None:
+    def _failed(self, failure, exchange: Exchange) -> None:
         if failure.check(CancelledError):
-            return None  # the client went away, or the reaper answered and cancelled the work
-        status, error, headers = describe_failure(failure, f"in {route.pipeline.name} for {wrapped}")
-        wrapped.respond_json(status, {"error": error}, headers)
+            return None  # the client went away, or the request was answered by a reaper or the backstop
+        status, error, headers = describe_failure(failure, f"in {exchange.route.pipeline.name} for "
+                                                           f"{exchange.request}")
+        exchange.request.respond_json(status, {"error": error}, headers)
         return None
 
-    def _timed_out(self, wrapped: WebRequest, running: Deferred) -> None:
-        log.warn("{request} unanswered after {seconds}s; answering 504", request=wrapped,
-                 seconds=self.response_timeout)
-        wrapped.respond_error(504, "no response in time", timeout_seconds=self.response_timeout)
-        if not running.called:
-            running.cancel()
+    def _request_ended(self, disconnected: bool, exchange: Exchange) -> None:
+        exchange.answered = True
+        if disconnected and exchange.running is not None and not exchange.running.called:
+            exchange.running.cancel()  # the client went away: stop work only it waited for
+        self._maybe_over(exchange)
 
-    def _done(self, _, running: Deferred) -> None:
-        self.in_flight.discard(running)
-        if not self.in_flight:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+    def _pipeline_settled(self, _, exchange: Exchange) -> None:
+        exchange.settled = True
+        self._maybe_over(exchange)
 
-    def idle(self) -> Deferred:
-        """Fires when no pipeline started by this site is running."""
-        if not self.in_flight:
-            return succeed(None)
-        waiter = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
+    def _maybe_over(self, exchange: Exchange) -> None:
+        if not exchange.over or exchange not in self.exchanges:
+            return
+        if exchange.backstop is not None and exchange.backstop.active():
+            exchange.backstop.cancel()
+        exchange.backstop = None
+        self.exchanges.discard(exchange)
+        self.answered += 1
+        self.idle.check()
+
+    def _backstop(self, exchange: Exchange) -> None:
+        remaining = exchange.deadline.remaining()
+        if remaining > 0:  # extended since (a long article): wait for the new deadline
+            exchange.backstop = self.clock.callLater(remaining + BACKSTOP_GRACE, self._backstop, exchange)
+            return
+        exchange.backstop = None
+        if not exchange.request.finished:
+            log.warn("{request} unanswered by its deadline; answering 504", request=exchange.request)
+            exchange.request.respond_error(504, "no response in time", timeout_seconds=self.response_timeout)
+        if not exchange.running.called:
+            exchange.running.cancel()
+
+    # -- stopping -------------------------------------------------------------------------------------------
+
+    def drain(self) -> Deferred:
+        """From now on every response closes its connection; fires when every accepted exchange is over."""
+        self.draining = True
+        for exchange in self.exchanges:
+            if not exchange.request.finished:
+                closing(exchange.request.raw)
+        return self.idle.wait()
+
+    def abandon(self) -> list[str]:
+        """Answer every open exchange 503 and cancel its work (a stop ran out of time); their descriptions."""
+        abandoned = []
+        for exchange in list(self.exchanges):
+            abandoned.append(exchange.describe())
+            log.warn("stopping with {request} still open; answering 503", request=exchange.describe())
+            exchange.request.respond_error(503, "the daemon stopped before this request was finished",
+                                           {"retry-after": str(RETRY_AFTER_STOPPING)})
+            if exchange.running is not None and not exchange.running.called:
+                exchange.running.cancel()
+            exchange.answered = exchange.settled = True
+            self._maybe_over(exchange)
+        return abandoned
 
 
 class SiteService(Service):
-    """Listens for one site; on stop, refuses new work, closes the port and lets work in flight finish."""
+    """Listens for one site; on stop, stops accepting, drains what it accepted, then closes its port."""
+
+    stage = SITE
 
     def __init__(self, name: str, site: PipelineSite, port: int, interface: str, reactor):
-        self.name = name
+        self.setName(f"site.{name}")
+        self.site_name = name
         self.site = site
         self.requested_port = port
         self.interface = interface
         self.reactor = reactor
         self.listening = None
+
+    @property
+    def resource(self) -> PipelineResource:
+        return self.site.pipeline_resource
 
     @property
     def port(self) -> Optional[int]:
@@ -209,15 +326,30 @@ class SiteService(Service):
 
     def startService(self):
         super().startService()
+        self.site.accepting = True
         self.listening = self.reactor.listenTCP(self.requested_port, self.site, interface=self.interface)
-        log.info("web site {name!r} listening on {url}/", name=self.name, url=self.url)
+        log.info("web site {name!r} listening on {url}/", name=self.site_name, url=self.url)
 
-    def stop_accepting(self) -> None:
-        self.site.pipeline_resource.accepting = False
-
+    @inlineCallbacks
     def stopService(self):
         super().stopService()
-        self.stop_accepting()
+        # One reactor turn first: bytes that arrived before the stop are read, and their requests accepted.
+        yield deferLater(self.reactor, 0, lambda: None)
+        self.site.accepting = False
+        open_now = len(self.resource.exchanges)
+        if open_now:
+            log.info("web site {name!r} stopped accepting; draining {n} open requests", name=self.site_name,
+                     n=open_now)
+        yield self.resource.drain()
         listening, self.listening = self.listening, None
-        stopped = listening.stopListening() if listening else succeed(None)
-        return stopped.addCallback(lambda _: self.site.pipeline_resource.idle())
+        if listening is not None:
+            yield listening.stopListening()
+        self.site.close_idle_connections()
+
+    def abandon(self) -> list[str]:
+        """Answer what is still open with 503 (the daemon's stop ran out of time)."""
+        return self.resource.abandon()
+
+    def state(self) -> dict:
+        return {"url": self.url if self.listening else None, "accepting": bool(self.site.accepting and self.running),
+                "open_requests": len(self.resource.exchanges), "answered": self.resource.answered}

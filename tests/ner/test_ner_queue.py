@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from pipedingest.ner.pool import Article, ArticleQueue
+from pipedingest.ner.queue import Article, ArticleQueue
 
 
 def article(words: int, alone: bool = False) -> Article:
-    return Article(text="w " * words, words=words, queued_at=0.0, deadline=1.0, result=defer.Deferred(), alone=alone)
+    return Article(data=b"w " * words, words=words, queued_at=0.0, deadline=1.0, result=defer.Deferred(),
+                   alone=alone)
 
 
 def test_batch_stops_at_max_docs_and_max_words():
@@ -76,3 +77,11 @@ def test_remove_keeps_word_count():
     queue.append(second)
     assert queue.remove(first) and not queue.remove(first)
     assert len(queue) == 1 and queue.words == 11
+
+
+def test_batches_needed_counts_full_batches_and_a_partial_one():
+    queue = ArticleQueue(max_batch_docs=4, max_batch_words=1000)
+    assert queue.batches_needed() == 0
+    for _ in range(5):
+        queue.append(article(1))
+    assert queue.batches_needed() == 2

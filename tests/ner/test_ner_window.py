@@ -1,7 +1,9 @@
 """The batching window, backpressure, cancellation and queue deadlines, on a pool whose clock is ``task.Clock``.
 
 The children are real; only time is driven by the test. Each test submits its articles synchronously, so what
-the queue holds is decided before any child can answer.
+the queue holds is decided before any child can answer. Each test ends by checking that no timer is left on the
+clock: this pool stays at its minimum of children, so it keeps none by design (its only standing timer, the idle
+pruning, exists only while it has an extra child idle; see test_ner_lifecycle.py).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ async def test_lone_article_is_sent_at_once(clocked, corpus, alone, until):
     result = clocked.extract(corpus[500])
     assert clocked.state()["in_flight"]["articles"] == 1  # the clock never moved
     assert (await result)["entities"] == alone(corpus[500])
+    assert clocked.clock.getDelayedCalls() == []
 
 
 @pytest_twisted.ensureDeferred
@@ -55,6 +58,7 @@ async def test_articles_arriving_while_a_child_works_wait_for_the_window_then_go
     state = clocked.state()
     assert state["queued"]["articles"] == 0 and state["batches"] == before + 2
     assert [result["entities"] for result in await defer.gatherResults(results)] == [alone(t) for t in texts]
+    assert clocked.clock.getDelayedCalls() == []
 
 
 @pytest_twisted.ensureDeferred
@@ -71,6 +75,7 @@ async def test_beyond_max_queued_is_refused_at_once_and_nothing_is_queued(clocke
     clocked.clock.advance(WINDOW)
     await defer.gatherResults(accepted)
     assert clocked.state()["queued"] == {"articles": 0, "words": 0}
+    assert clocked.clock.getDelayedCalls() == []
 
 
 @pytest_twisted.ensureDeferred
@@ -90,6 +95,24 @@ async def test_cancelled_before_dispatch_is_taken_out_of_the_queue(clocked, corp
     after = clocked.state()
     assert after["articles"] - before["articles"] == 2  # the cancelled article never reached a child
     assert after["cancelled"] == before["cancelled"] + 1
+    assert clocked.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelling_every_article_leaves_no_timer(clocked, corpus, until):
+    await settled(clocked, until)
+    articles = [clocked.extract(text) for text in corpus[535:538]]  # 1 in flight, 2 queued behind the window
+    assert len(clocked.clock.getDelayedCalls()) == 3 + 1 + 1  # 3 expiries, the window, the batch's overrun
+    for article in articles:
+        article.cancel()
+    # what is left is the overrun timer of the batch a child still works on, which bounds that work
+    assert len(clocked.clock.getDelayedCalls()) == 1 and clocked.state()["in_flight"]["batches"] == 1
+    await settled(clocked, until)
+    assert clocked.clock.getDelayedCalls() == []
+    assert clocked.state()["queued"] == {"articles": 0, "words": 0}
+    for article in articles:
+        with pytest.raises(defer.CancelledError):
+            await article
 
 
 @pytest_twisted.ensureDeferred
@@ -97,7 +120,7 @@ async def test_deadline_passing_in_the_queue_fails_the_article_without_a_child(c
     await settled(clocked, until)
     before = clocked.state()
     first = clocked.extract(corpus[540])
-    late = clocked.extract(corpus[541], deadline=WINDOW / 4)
+    late = clocked.extract(corpus[541], deadline=clocked.clock.seconds() + WINDOW / 4)
     clocked.clock.advance(WINDOW / 4)
     with pytest.raises(ArticleTimeout) as raised:
         await late
@@ -107,3 +130,4 @@ async def test_deadline_passing_in_the_queue_fails_the_article_without_a_child(c
     after = clocked.state()
     assert after["timeouts"] == before["timeouts"] + 1
     assert after["children"] == 2 and after["restarts"] == before["restarts"]  # no child was harmed
+    assert clocked.clock.getDelayedCalls() == []

@@ -1,0 +1,168 @@
+"""The article: its fields, its id, its word count and the document it is stored as.
+
+Everything that handles articles takes its definitions from here: the validating
+processors, the NER pool (which bounds its batches in words), the stores (which
+keep the document) and ``ingest-load`` (which counts the words it sent).  The
+module imports nothing of Twisted or of the rest of the daemon, so the loader, an
+HTTP client only, can use it too.
+
+An article as a client sends it::
+
+    {"id"?, "title"?, "body", "source"?, "url"?, "published"?}      all text
+
+Its stored document adds what extraction found and when it was stored::
+
+    {"id", "title", "source", "url", "published", "body",
+     "entities", "entity_counts", "words", "model", "ingested_at"}
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from typing import Any, Optional
+
+#: The fields a client may send, all text; only ``body`` is required.
+INPUT_FIELDS = ("id", "title", "body", "source", "url", "published")
+#: What extraction adds: the entities, their count per label, the word count, the model.
+RESULT_FIELDS = ("entities", "entity_counts", "words", "model")
+#: The fields of a stored document besides ``id`` (and ``ingested_at``, which the store sets).
+STORED_FIELDS = ("title", "source", "url", "published", "body") + RESULT_FIELDS
+#: The source of an article that names none.
+DEFAULT_SOURCE = "unknown"
+#: Firestore's limit on a document id, applied in every store alike.
+MAX_ID_BYTES = 1500
+
+_RESERVED_ID = re.compile(r"^__.*__$")
+
+
+class ArticleError(ValueError):
+    """The input is not a usable article; ``message`` says why (an HTTP layer answers 400)."""
+
+    def __init__(self, message: str, **detail: Any):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class ArticleTooLong(ArticleError):
+    """The body is longer than the configured limit (an HTTP layer answers 413)."""
+
+    def __init__(self, chars: int, limit: int):
+        super().__init__(f"the article body has {chars} characters; the limit is {limit}", limit_chars=limit)
+        self.chars = chars
+        self.limit = limit
+
+
+def count_words(text: str) -> int:
+    """The article's word count: runs of non-whitespace.
+
+    Known before any NER runs (the pool bounds its batches and queue with it), the
+    same in the daemon and in ``ingest-load``, and what the API reports as ``words``.
+    """
+    return len(text.split())
+
+
+def content_id(article: dict) -> str:
+    """A stable id from the article's content: the same article always gets the same id."""
+    canonical = json.dumps([article.get(key) for key in ("title", "body", "source", "url", "published")],
+                           ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+def id_problem(article_id: Any) -> Optional[str]:
+    """Why *article_id* cannot name a document (in any store), or None when it can."""
+    if not isinstance(article_id, str) or not article_id:
+        return "must be non-empty text"
+    if "/" in article_id:
+        return "contains '/'"
+    if article_id in (".", ".."):
+        return "is '.' or '..'"
+    if _RESERVED_ID.match(article_id):
+        return "matches the reserved pattern __.*__"
+    if len(article_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        return f"is longer than {MAX_ID_BYTES} bytes"
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text holding lone surrogates, which cannot be encoded, stored or sent to a child."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_article(value: Any, max_chars: Optional[int] = None) -> dict:
+    """The article in *value* with its id (given, or :func:`content_id`); else :class:`ArticleError`.
+
+    The id is checked here, before any extraction, so an article that could never be
+    stored costs no NER.
+    """
+    if not isinstance(value, dict):
+        raise ArticleError("an article must be a JSON object", expected={"body": "text", "title": "text"})
+    unknown = sorted(str(key) for key in set(value) - set(INPUT_FIELDS))
+    if unknown:
+        raise ArticleError(f"unknown article field(s): {', '.join(unknown)}", allowed=list(INPUT_FIELDS))
+    wrong = [key for key in INPUT_FIELDS if key in value and not isinstance(value[key], str)]
+    if wrong:
+        raise ArticleError(f"article field(s) must be text: {', '.join(wrong)}")
+    broken = [key for key in INPUT_FIELDS if key in value and not _is_unicode(value[key])]
+    if broken:
+        raise ArticleError(f"article field(s) hold invalid Unicode (lone surrogates): {', '.join(broken)}")
+    body = value.get("body")
+    if body is None or not body.strip():
+        raise ArticleError("the article has no body", field="body")
+    if max_chars is not None and len(body) > max_chars:
+        raise ArticleTooLong(len(body), max_chars)
+    article = {key: value[key] for key in INPUT_FIELDS if key in value}
+    if not article.get("id"):
+        article["id"] = content_id(article)
+    problem = id_problem(article["id"])
+    if problem:
+        raise ArticleError(f"article id {article['id'][:100]!r} {problem}", field="id")
+    return article
+
+
+def entity_counts(entities: list) -> dict:
+    """How many entities of each label, labels in alphabetical order."""
+    return dict(sorted(Counter(entity["label"] for entity in entities).items()))
+
+
+def extraction_result(article: dict, entities: list, model: dict) -> dict:
+    """What the API answers for an article: its id, entities, counts per label, words and model."""
+    return {"id": article["id"], "entities": entities, "entity_counts": entity_counts(entities),
+            "model": model, "words": count_words(article["body"])}
+
+
+def stored_document(article: dict, result: dict, default_source: str = DEFAULT_SOURCE) -> dict:
+    """The document a store keeps for *article* and its extraction *result* (without ``ingested_at``)."""
+    document = {"id": article["id"]}
+    document.update({key: article[key] for key in STORED_FIELDS if key in article})
+    document.update({key: result[key] for key in RESULT_FIELDS if key in result})
+    if not document.get("source"):
+        document["source"] = default_source
+    return document
+
+
+def check_document(document: Any) -> dict:
+    """The stored fields of *document* (without ``id``); :class:`ArticleError` when its shape is wrong.
+
+    Unknown keys are refused rather than dropped, so that nothing a caller sends is
+    lost without a word; missing optional fields are simply absent.
+    """
+    if not isinstance(document, dict):
+        raise ArticleError(f"a document must be a dict, not {type(document).__name__}")
+    problem = id_problem(document.get("id"))
+    if problem:
+        raise ArticleError(f"article id {document.get('id')!r:.100} {problem}")
+    unknown = sorted(str(key) for key in set(document) - set(STORED_FIELDS) - {"id"})
+    if unknown:
+        raise ArticleError(f"article {document['id']!r} has keys the store does not keep: {', '.join(unknown)}; "
+                           f"allowed: id, {', '.join(STORED_FIELDS)}")
+    source = document.get("source")
+    if not isinstance(source, str) or not source:
+        raise ArticleError(f"article {document['id']!r} needs a non-empty string 'source'")
+    return {key: document[key] for key in STORED_FIELDS if key in document}
