@@ -86,6 +86,9 @@ async def test_bad_articles_get_clear_errors(daemons):
         (b"{broken", 400, "malformed JSON"),
         ('{"body": "caf\xe9"}'.encode("latin-1"), 400, "request body is not UTF-8"),
         ({"body": "x" * 200_000}, 413, "request body too large"),
+        ({"id": "a/b", "body": "Paris is in France."}, 400, "article id 'a/b' contains '/'"),
+        ({"id": "__all__", "body": "Paris is in France."}, 400, "matches the reserved pattern __.*__"),
+        ({"id": "x" * 1501, "body": "Paris is in France."}, 400, "is longer than 1500 bytes"),
     ]
     for payload, status, message in cases:
         response, answer = await post(daemon, "/articles", payload)

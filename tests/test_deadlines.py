@@ -6,6 +6,8 @@ The only delayed call that may remain is each pending table's periodic reaper (a
 its minimum size).
 """
 import json
+import os
+import signal
 
 import pytest
 import pytest_twisted
@@ -132,10 +134,17 @@ async def test_an_article_answered_by_ner_leaves_no_timer(daemons, clock):
     daemon = await daemons(path=DEV, overrides=["web.main.port=0", "status-tests=null"], clock=clock)
     pool = daemon.runtime.get("ner.pool")
     assert request_timers(clock) == []
-    posted = treq.post(url(daemon, "/articles"), json.dumps({"body": "Apple hired Tim Cook in Cupertino."}).encode(),
-                       headers={"content-type": "application/json"})
-    await until(lambda: pool.state()["in_flight"]["articles"] == 1, what="the article went to a child")
-    assert len(request_timers(clock)) == 3  # the backstop, the article's expiry, the batch's overrun
+    pids = [process["pid"] for process in pool.state()["processes"]]
+    for pid in pids:  # frozen children hold the article, so its timers can be looked at while it is out
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        article = json.dumps({"body": "Apple hired Tim Cook in Cupertino."}).encode()
+        posted = treq.post(url(daemon, "/articles"), article, headers={"content-type": "application/json"})
+        await until(lambda: pool.state()["in_flight"]["articles"] == 1, what="the article went to a child")
+        assert len(request_timers(clock)) == 3  # the backstop, the article's expiry, the batch's overrun
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     response = await posted
     assert response.code == 201
     assert [e["text"] for e in json.loads(await response.content())["entities"]] == ["Apple", "Tim Cook",

@@ -280,3 +280,29 @@ def test_processors_from_a_plugin_bundle(tmp_path):
         """)
     assert daemon.runtime.processors.origins["shout"] == "bundle 'demo'"
     assert run(daemon, "p", {"text": "hello"}) == {"text": "HELLO!!"}
+
+
+def test_stopping_a_periodic_service_waits_for_the_call_in_progress():
+    from pipedingest.periodic import PeriodicService
+
+    class Slow(PeriodicService):
+        def __init__(self, clock):
+            super().__init__(5, clock)
+            self.running_call = None
+
+        def run_once(self):
+            self.running_call = defer.Deferred()
+            return self.running_call
+
+    clock = task.Clock()
+    service = Slow(clock)
+    service.startService()
+    assert service.calls == 0  # the first call comes after one interval
+    clock.advance(5)
+    assert service.calls == 1
+    stopped = service.stopService()
+    assert not stopped.called, "stopped while its call was still running"
+    service.running_call.callback(None)
+    assert stopped.called
+    clock.advance(50)
+    assert service.calls == 1 and clock.getDelayedCalls() == []

@@ -4,11 +4,12 @@ import os
 
 import pytest_twisted
 import treq
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import protocol, reactor
 
 from tests.conftest import ROOT, url
 
-EULER = open(os.path.join(ROOT, "conf", "examples", "euler.yaml"), encoding="utf-8").read()
+with open(os.path.join(ROOT, "conf", "examples", "euler.yaml"), encoding="utf-8") as _stream:
+    EULER = _stream.read()
 
 ROUTES = """\
 web:

@@ -38,12 +38,13 @@ class Daemon:
         self._reader.start()
 
     def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line)
-            match = _LISTENING.search(line)
-            if match and self.port is None:
-                self.port = int(match.group(1))
-                self._port.set()
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.append(line)
+                match = _LISTENING.search(line)
+                if match and self.port is None:
+                    self.port = int(match.group(1))
+                    self._port.set()
         self._port.set()
 
     @property

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
-from pipedingest.config.errors import ConfigError, ConfigErrors, ErrorCollector, Location
+from pipedingest.config.errors import ConfigError, ErrorCollector, Location
 
 try:  # libyaml is much faster, and keeps marks just the same
     _BaseLoader = yaml.CSafeLoader

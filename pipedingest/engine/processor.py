@@ -10,12 +10,12 @@ A processor is found by :mod:`twisted.plugin`: the class itself provides
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from pipedingest.config.schema import REQUIRED, Option, check_options  # noqa: F401 - re-exported
+from pipedingest.config.schema import Option, check_options
 from pipedingest.engine.baton import get_path, set_path
 
 SAME_AS_INPUT = object()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import textwrap
-from typing import Any
 
 from twisted.logger import Logger, LogLevel
 from twisted.python.reflect import namedAny

@@ -15,6 +15,7 @@ import json
 import re
 import os
 import sqlite3
+import time
 from datetime import datetime, timezone
 
 from twisted.internet.defer import fail
@@ -79,29 +80,56 @@ class SQLiteStore(ThreadedStore):
         folder = os.path.dirname(self.path)
         if folder and self.path != ":memory:":
             os.makedirs(folder, exist_ok=True)  # here, not at configuration time: --check creates nothing
-        # timeout: wait for a lock (another store on the same file opening it) instead of failing at once
+        # timeout: wait for a lock (another store opening the same file) instead of failing at once
         connection = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
-        connection.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._prepare(connection)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        """WAL mode and the tables, once.
+
+        Two stores may open one file at the same time (the shipped configs keep the status tests' table
+        beside the articles). The schema is written in one ``BEGIN IMMEDIATE`` transaction, which takes the
+        write lock first and so waits for the other (a read that turns into a write would fail at once);
+        switching to WAL, which cannot wait in a transaction, is retried for the same ``timeout``.
+        """
+        give_up = time.monotonic() + 5.0
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.01)
         connection.execute("PRAGMA synchronous=NORMAL")
-        connection.executescript(f"""
-            CREATE TABLE IF NOT EXISTS {self.table} (
+        statements = [
+            f"""CREATE TABLE IF NOT EXISTS {self.table} (
                 id TEXT PRIMARY KEY,
                 source TEXT NOT NULL,
                 ingested_at TEXT NOT NULL,
-                document TEXT NOT NULL
-            );
-            CREATE INDEX IF NOT EXISTS {self.table}_by_time ON {self.table} (ingested_at);
-            CREATE INDEX IF NOT EXISTS {self.table}_by_source_time
-                ON {self.table} (source, ingested_at);
-            CREATE TABLE IF NOT EXISTS {self.table}_entity_counters (
+                document TEXT NOT NULL)""",
+            f"CREATE INDEX IF NOT EXISTS {self.table}_by_time ON {self.table} (ingested_at)",
+            f"CREATE INDEX IF NOT EXISTS {self.table}_by_source_time ON {self.table} (source, ingested_at)",
+            f"""CREATE TABLE IF NOT EXISTS {self.table}_entity_counters (
                 source TEXT NOT NULL,
                 entity TEXT NOT NULL,
                 label TEXT NOT NULL,
                 count INTEGER NOT NULL,
-                PRIMARY KEY (source, entity, label)
-            );
-        """)
-        self._connection = connection
+                PRIMARY KEY (source, entity, label))""",
+        ]
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements:
+                connection.execute(statement)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
 
     def closing(self):
         return self.in_thread(self._close)

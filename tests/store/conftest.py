@@ -1,7 +1,6 @@
 """Fixtures for the stores: a real Firestore emulator per session, stores that stop after each test."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import pytest_twisted

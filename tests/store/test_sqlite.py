@@ -129,3 +129,19 @@ async def test_memory_database_works_on_its_one_connection(sqlite_stores, make_a
     store = sqlite_stores(path=":memory:", table="status_articles")
     assert await store.put(make_article(1)) is True
     assert (await store.get("article-1"))["id"] == "article-1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_stores_opening_one_new_file_at_once_both_start(tmp_path):
+    """The shipped configs keep two tables in one file, and the daemon starts both stores side by side."""
+    for attempt in range(40):
+        path = str(tmp_path / f"shared-{attempt}.sqlite")
+        stores = [SQLiteStore(path), SQLiteStore(path, table="statustest_articles")]
+        try:
+            await defer.gatherResults([store.startService() for store in stores], consumeErrors=True)
+        finally:
+            await defer.gatherResults([store.stopService() for store in stores if store.running])
+    database = sqlite3.connect(path)
+    tables = {row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    database.close()
+    assert {"articles", "statustest_articles"} <= tables
