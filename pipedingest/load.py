@@ -16,6 +16,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 import zipfile
@@ -107,7 +108,7 @@ class Loader:
     """Posts articles with a bounded number in flight; records every outcome."""
 
     def __init__(self, reactor, url: str, concurrency: int, timeout: float, results=None, failed=None,
-                 progress=None):
+                 progress=None, token: Optional[str] = None):
         self.reactor = reactor
         self.url = url.encode("utf-8")
         self.semaphore = DeferredSemaphore(concurrency)
@@ -116,6 +117,9 @@ class Loader:
         self.agent = Agent(reactor, pool=pool, connectTimeout=timeout)
         self.pool = pool
         self.timeout = timeout
+        self.headers = {b"content-type": [b"application/json"]}
+        if token:
+            self.headers[b"authorization"] = [b"Bearer " + token.encode("utf-8")]
         self.results = results
         self.failed = failed
         self.progress = progress
@@ -130,7 +134,7 @@ class Loader:
 
     async def _post(self, article: dict) -> None:
         body = json.dumps(article, ensure_ascii=False).encode("utf-8")
-        headers = Headers({b"content-type": [b"application/json"]})
+        headers = Headers(self.headers)
         started = time.perf_counter()
         status, content, reason = 0, b"", ""
         try:
@@ -176,6 +180,8 @@ def parse_args(argv=None):
     parser.add_argument("-n", "--concurrency", type=int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--limit", type=int, help="post at most this many articles")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument("--token", default=os.environ.get("INGEST_TOKEN"),
+                        help="bearer token for a site that requires one (default: $INGEST_TOKEN)")
     parser.add_argument("--results", help="write each result (JSON Lines) here")
     parser.add_argument("--failed", default="failed.jsonl", help="write failed articles and reasons here")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -201,7 +207,8 @@ def main(argv=None) -> None:
                 from tqdm import tqdm
 
                 progress = stack.enter_context(tqdm(total=len(articles), unit="article", file=sys.stderr))
-            loader = Loader(reactor, args.url, args.concurrency, args.timeout, results, failed, progress)
+            loader = Loader(reactor, args.url, args.concurrency, args.timeout, results, failed, progress,
+                            args.token)
             summary = await loader.run(articles)
         print(json.dumps(summary.as_dict()) if args.json else summary.render())
         if summary.errors:

@@ -142,7 +142,8 @@ class IngestService(Service):
         runner = self.status_tests
         if runner is None or not runner.count:
             return maybeDeferred(lambda: None)
-        client = StatusClient(self.runtime.reactor, runner.site.value.url)
+        site = runner.site.value
+        client = StatusClient(self.runtime.reactor, site.url, site.resource.access.client_headers())
         running = runner.run(client, self.runtime)
 
         def keep(report):

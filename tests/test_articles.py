@@ -39,6 +39,7 @@ def nlp():
 
 async def post(daemon, path, payload, **kwargs):
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+    kwargs.setdefault("headers", {"content-type": "application/json"})
     response = await treq.post(url(daemon, path), body, **kwargs)
     return response, json.loads(await response.content())
 

@@ -233,7 +233,7 @@ def test_missing_bundle_package_is_an_error(tmp_path):
     (EULER, {}, {"site.site"}),
     (os.path.join(ROOT, "conf", "dev.yaml"), {},
      {"site.main", "ner.pool", "pending.ner", "store.articles", "store.statustests"}),
-    (os.path.join(ROOT, "conf", "prod.yaml"), {"GOOGLE_CLOUD_PROJECT": "a-project"},
+    (os.path.join(ROOT, "conf", "prod.yaml"), {"GOOGLE_CLOUD_PROJECT": "a-project", "INGEST_TOKEN": "a-token"},
      {"site.main", "ner.pool", "pending.ner", "store.articles", "store.statustests"}),
 ])
 def test_the_shipped_configurations_are_clean(config, environ, services):

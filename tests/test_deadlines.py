@@ -59,7 +59,7 @@ def request_timers(clock) -> list:
 
 class Disconnecting(protocol.Protocol):
     def connectionMade(self):
-        self.transport.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.transport.write(b"GET /hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
 
 
 @pytest.fixture

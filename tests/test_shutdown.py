@@ -37,14 +37,17 @@ class Outcome:
     body: bytes = b""
 
 
-def client(port: int, articles: list[dict], outcomes: list[Outcome]) -> None:
+def client(port: int, articles: list[dict], outcomes: list[Outcome], token: str | None) -> None:
     """Post *articles* one after another on one persistent connection; stop once the daemon is gone."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     try:
         for article in articles:
             body = json.dumps(article).encode("utf-8")
             try:
-                connection.request("POST", "/articles", body, {"content-type": "application/json"})
+                connection.request("POST", "/articles", body, headers)
                 sent_at = time.monotonic()  # request() returns once every byte has been written
                 response = connection.getresponse()
                 content = response.read()
@@ -63,7 +66,7 @@ def sigterm_under_load(config: str, cwd, env) -> dict:
     try:
         daemon.wait_ready()
         outcomes: list[Outcome] = []
-        threads = [threading.Thread(target=client, args=(daemon.port, articles[n::CLIENTS], outcomes))
+        threads = [threading.Thread(target=client, args=(daemon.port, articles[n::CLIENTS], outcomes, daemon.token))
                    for n in range(CLIENTS)]
         for thread in threads:
             thread.start()
@@ -138,7 +141,8 @@ def test_sigterm_under_load_answers_everything_sent_before_it_sqlite(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_under_load_answers_everything_sent_before_it_firestore(tmp_path, firestore):
-    env = dict(os.environ)  # FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT come from the fixture
+    # FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT come from the fixture; prod.yaml requires a token
+    env = dict(os.environ, INGEST_TOKEN=uuid.uuid4().hex)
     run = sigterm_under_load(PROD, tmp_path, env)
     report("prod.yaml (Firestore emulator)", check(run, restarted_lookup(PROD, tmp_path, env)))
 

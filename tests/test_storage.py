@@ -14,14 +14,18 @@ ARTICLE = {"id": "a-1", "title": "Merger", "source": "wire", "url": "https://exa
            "published": "2026-11-20", "body": "Siemens bought a factory in Munich from Bosch on Friday."}
 
 
+TOKEN = "storage-test-token"  # conf/prod.yaml requires one
+AUTHORIZATION = {"authorization": f"Bearer {TOKEN}"}
+
+
 async def post(daemon, payload, path="/articles"):
     response = await treq.post(url(daemon, path), json.dumps(payload).encode("utf-8"),
-                               headers={"content-type": "application/json"})
+                               headers={"content-type": "application/json", **AUTHORIZATION})
     return response.code, json.loads(await response.content())
 
 
 async def get(daemon, path):
-    response = await treq.get(url(daemon, path))
+    response = await treq.get(url(daemon, path), headers=AUTHORIZATION)
     return response.code, json.loads(await response.content())
 
 
@@ -73,7 +77,8 @@ async def test_a_document_over_one_mebibyte_is_refused_with_413(daemons):
 
 
 @pytest_twisted.ensureDeferred
-async def test_prod_stores_in_firestore_once_under_concurrent_duplicates(daemons, firestore):
+async def test_prod_stores_in_firestore_once_under_concurrent_duplicates(daemons, firestore, monkeypatch):
+    monkeypatch.setenv("INGEST_TOKEN", TOKEN)
     daemon = await daemons(path=PROD, overrides=PORT0)
     await round_trip(daemon)
     duplicate = dict(ARTICLE, id="dup", source="dups")
@@ -92,7 +97,8 @@ async def test_prod_stores_in_firestore_once_under_concurrent_duplicates(daemons
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_reactor_answers_while_firestore_is_stuck(daemons, firestore):
+async def test_the_reactor_answers_while_firestore_is_stuck(daemons, firestore, monkeypatch):
+    monkeypatch.setenv("INGEST_TOKEN", TOKEN)
     daemon = await daemons(path=PROD, overrides=PORT0)
     await threads.deferToThread(firestore.pause)  # SIGSTOP: the store's calls hang
     try:

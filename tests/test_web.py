@@ -116,7 +116,7 @@ async def test_http_errors_are_json_with_the_right_status(daemons):
     latin1 = await treq.post(url(daemon, "/echo"), '{"a": "é"}'.encode("latin-1"),
                              headers={"content-type": "application/json"})
     assert latin1.code == 400
-    assert (await get_json(latin1))["error"]["message"] == "request body is not UTF-8"
+    assert (await get_json(latin1))["error"]["message"] == "request body is not UTF-8 (byte 7)"
     invalid = await treq.get(url(daemon, "/invalid"))
     assert invalid.code == 400
 
@@ -142,7 +142,7 @@ async def test_an_unanswered_request_gets_504_after_response_timeout(daemons):
 
 class _SendAndHangUp(protocol.Protocol):
     def connectionMade(self):
-        self.transport.write(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.transport.write(b"GET /wait HTTP/1.1\r\nHost: localhost\r\n\r\n")
         reactor.callLater(0.2, self.transport.loseConnection)
 
 

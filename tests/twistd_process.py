@@ -26,6 +26,8 @@ class Daemon:
     """``twistd -n ingest -c CONFIG`` in the background; its output is read as it comes."""
 
     def __init__(self, config: str, *overrides: str, cwd=None, env=None, port_key="web.main.port"):
+        #: Sent by ``get_json`` when the site requires a token (its INGEST_TOKEN).
+        self.token = (env or {}).get("INGEST_TOKEN")
         args = [TWISTD, "--pidfile=", "-n", "ingest", "-c", config, "-O", f"{port_key}=0"]
         for override in overrides:
             args += ["-O", override]
@@ -74,8 +76,10 @@ class Daemon:
                 time.sleep(0.1)
 
     def get_json(self, path: str):
+        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            with urllib.request.urlopen(self.base + path, timeout=30) as response:
+            with urllib.request.urlopen(urllib.request.Request(self.base + path, headers=headers),
+                                        timeout=30) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")

@@ -9,7 +9,6 @@ nothing of HTTP.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
@@ -28,6 +27,7 @@ from pipedingest.ner.errors import (
     PoolOverloaded,
     PoolStopped,
 )
+from pipedingest.web.body import BodyError, is_json_type
 from pipedingest.web.errors import WebError, describe_failure
 
 
@@ -42,20 +42,16 @@ def checked_article(value: Any, max_chars: int | None) -> dict:
 
 
 def request_json(request) -> Any:
-    """The request's JSON body, whatever content type the client declared."""
-    if request.json is not None:
+    """The request's JSON body (parsed and checked by the site, see ``web/body.py``), or 400/415."""
+    if is_json_type(request.content_type) and request.body:
         return request.json
     if not request.body:
         raise WebError(400, "the request has no body; send a JSON article")
-    try:
-        return json.loads(request.body)
-    except UnicodeDecodeError:
-        raise WebError(400, "request body is not UTF-8") from None
-    except ValueError as exc:
-        raise WebError(400, f"malformed JSON: {exc}") from None
+    raise WebError(415, f"send JSON (content-type: application/json), not {request.content_type or 'an untyped body'}")
 
 
-MAX_CHARS = Option((int, type(None)), None, "the longest body accepted (413 beyond); null: only the body limit")
+MAX_CHARS = Option((int, type(None)), None, "the longest body accepted (413 beyond); null: only the body limit",
+                   minimum=1)
 
 
 @provider(IPlugin, IProcessor)
@@ -110,31 +106,13 @@ class ValidateArticles(InputOutputProcessor):
         return items
 
     def _values(self, request) -> list:
-        if request.json is not None or request.content_type == "application/json":
-            parsed = request_json(request)
-            if not isinstance(parsed, list):
-                raise WebError(400, "a batch must be a JSON array of articles (or NDJSON, one per line)")
-            return parsed
-        try:
-            text = request.body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise WebError(400, "request body is not UTF-8") from None
-        stripped = text.lstrip()
-        if stripped.startswith("["):
-            try:
-                parsed = json.loads(stripped)
-            except ValueError as exc:
-                raise WebError(400, f"malformed JSON: {exc}") from None
-            return parsed if isinstance(parsed, list) else [parsed]
-        values = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                values.append(json.loads(line))
-            except ValueError as exc:
-                values.append(WebError(400, f"line {number}: malformed JSON: {exc}"))
-        return values
+        if request.ndjson is not None:
+            return [WebError(value.status, value.message) if isinstance(value, BodyError) else value
+                    for value in request.ndjson]
+        parsed = request_json(request)
+        if not isinstance(parsed, list):
+            raise WebError(400, "a batch must be a JSON array of articles (or NDJSON, one per line)")
+        return parsed
 
 
 @provider(IPlugin, IProcessor)

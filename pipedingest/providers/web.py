@@ -6,13 +6,17 @@
       main:
         port: 8080                 # 0: any free port (the log says which)
         interface: 127.0.0.1
-        max_body_bytes: 2097152    # larger bodies get 413
-        response_timeout: 60       # unanswered requests get 504 after this
+        max_body_bytes: 2097152    # larger bodies get 413, as soon as Content-Length says so
+        response_timeout: 60       # each request's deadline; unanswered requests get 504 after it
+        read_timeout: 30           # a request not wholly received by then gets 408
+        idle_timeout: 60           # idle keep-alive connections are closed after this
+        tokens: ["${INGEST_TOKEN}"]   # optional: require Authorization: Bearer <token> (not on /health, /ready)
+        allowed_hosts: [localhost]    # optional: Host names served (default on loopback: loopback names)
         routing:
           __config__: {processor: pipeline.web.compute}
           articles:
             __config__:
-              - {processor: pipeline.web.articles.create, methods: [POST]}
+              - {processor: pipeline.web.articles.create, methods: [POST], accepts: [application/json]}
               - {processor: pipeline.web.articles.list, methods: [GET]}
             "{id}":
               __config__: {processor: pipeline.web.articles.get, methods: [GET]}
@@ -23,6 +27,9 @@ needs every pipeline its routes name (and so what their steps use).
 """
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -31,21 +38,32 @@ from pipedingest.config.loader import LocatedDict, LocatedList
 from pipedingest.config.schema import Option, check_section
 from pipedingest.providers.base import IProvider, Provider
 from pipedingest.status import BUILTIN_ENDPOINTS
+from pipedingest.web.access import Access
 from pipedingest.web.site import PipelineResource, PipelineSite, Route, RouteNode, SiteService
 
 SITE_OPTIONS = {
     "port": Option(int, 8080, "the TCP port; 0 picks a free one", minimum=0),
-    "interface": Option(str, "127.0.0.1", "the address to listen on"),
+    "interface": Option(str, "127.0.0.1", "the IP address to listen on ('' or 0.0.0.0: every IPv4 address)"),
     "max_body_bytes": Option(int, 2 * 1024 * 1024, "larger request bodies are answered with 413", minimum=1),
     "response_timeout": Option(float, 60.0, "seconds a request may take: its deadline; 504 after it", above=0),
+    "read_timeout": Option(float, 30.0, "seconds a request may take to arrive, headers and body (408 after)",
+                           above=0),
+    "idle_timeout": Option(float, 60.0, "seconds an idle connection is kept open", above=0),
+    "tokens": Option(list, [], "bearer tokens; when any, every request but /health and /ready needs one"),
+    "allowed_hosts": Option((list, type(None)), None,
+                            "Host names served (['*']: any); default: loopback names on a loopback interface"),
     "builtin_endpoints": Option(bool, True, "serve /health, /ready and /status"),
     "routing": Option(dict, doc="the routing tree: path segments → {__config__: {processor: pipeline.x}}"),
 }
 ROUTE_OPTIONS = {
     "processor": Option(str, doc="the pipeline that answers, as pipeline.<dotted.name>"),
     "methods": Option((list, str, type(None)), None, "the HTTP methods it answers (default: any)"),
+    "accepts": Option((list, str, type(None)), None,
+                      "the content types a request body may have (415 otherwise; default: any)"),
 }
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 
 
 @implementer(IPlugin, IProvider)
@@ -60,6 +78,20 @@ class WebProvider(Provider):
         errors = runtime.errors
         if settings["port"] > 65535:
             errors.add(f"port {settings['port']} is out of range", spec.where_of("port"), "use 0 to 65535")
+        interface = settings["interface"]
+        if interface not in ("", "localhost") and not _is_address(interface):
+            errors.add(f"interface {interface!r} is not an IP address", spec.where_of("interface"),
+                       "use 127.0.0.1 (this machine only), 0.0.0.0 (every IPv4 address) or an address of it")
+        tokens = settings["tokens"]
+        for index, token in enumerate(tokens):
+            if not isinstance(token, str) or not token.strip():
+                errors.add(f"token #{index + 1} of web site {name!r} is empty or not text",
+                           _where(spec, "tokens", index),
+                           "an unset variable gives an empty token: set it, or remove the entry")
+        hosts = settings["allowed_hosts"]
+        if hosts is not None and not all(isinstance(host, str) and host for host in hosts):
+            errors.add("allowed_hosts must list host names", spec.where_of("allowed_hosts"),
+                       "for example: [ingest.example.com, localhost]; ['*'] allows any")
         resource_name = f"site.{name}"
         tree = RouteNode()
         build_routes(settings["routing"], tree, "", runtime, errors, resource_name)
@@ -67,10 +99,10 @@ class WebProvider(Provider):
         if settings["builtin_endpoints"]:
             status = runtime.reference("daemon.status", where, by=resource_name)
             builtin = frozenset(path for path in BUILTIN_ENDPOINTS if path not in tree.children)
-        resource = PipelineResource(name, tree, runtime.clock, settings["response_timeout"], status, builtin)
-        site = PipelineSite(resource, settings["max_body_bytes"])
-        runtime.register(resource_name, SiteService(name, site, settings["port"], settings["interface"],
-                                                    runtime.reactor), where)
+        access = Access(interface, [t for t in tokens if isinstance(t, str)], hosts)
+        resource = PipelineResource(name, tree, runtime.clock, settings["response_timeout"], status, builtin, access)
+        site = PipelineSite(resource, settings["max_body_bytes"], settings["read_timeout"], settings["idle_timeout"])
+        runtime.register(resource_name, SiteService(name, site, settings["port"], interface, runtime.reactor), where)
 
 
 def build_routes(node: LocatedDict, tree: RouteNode, prefix: str, runtime, errors: ErrorCollector, by: str) -> None:
@@ -93,7 +125,12 @@ def build_routes(node: LocatedDict, tree: RouteNode, prefix: str, runtime, error
                        "give it a __config__: {processor: pipeline.x} and/or child segments")
             continue
         path = f"{prefix}/{key}"
-        if key.startswith("{") and key.endswith("}"):
+        is_param = key.startswith("{") and key.endswith("}")
+        if ("{" in key or "}" in key) and not (is_param and _PARAM_NAME.match(key[1:-1])):
+            errors.add(f"routing key {key!r} is neither a plain segment nor a parameter", node.where_of_key(key),
+                       "a parameter is a whole segment: '{name}', the name a Python identifier")
+            continue
+        if is_param:
             if tree.param is not None and tree.param[0] != key[1:-1]:
                 errors.add(f"two parameter segments at {prefix or '/'}: {{{tree.param[0]}}} and {key}", where)
                 continue
@@ -120,12 +157,35 @@ def _route(entry, pattern: str, runtime, errors: ErrorCollector, where, by: str)
     if methods is not None:
         methods = [str(m).upper() for m in methods]
         bad = [m for m in methods if m not in HTTP_METHODS]
-        if bad:
-            errors.add(f"unknown HTTP method(s) {', '.join(bad)}", entry.where_of("methods"),
-                       "use " + ", ".join(HTTP_METHODS))
+        if bad or not methods:
+            problem = f"unknown HTTP method(s) {', '.join(bad)}" if bad else "'methods' is empty: nothing would match"
+            errors.add(problem, entry.where_of("methods"), "use " + ", ".join(HTTP_METHODS))
             return None
         methods = frozenset(methods) | ({"HEAD"} if "GET" in methods else set())
-    return Route(reference, methods, pattern)
+    accepts = settings["accepts"]
+    if isinstance(accepts, str):
+        accepts = [accepts]
+    if accepts is not None:
+        accepts = [str(a).strip().lower() for a in accepts]
+        if not accepts or not all(_MEDIA_TYPE.match(a) for a in accepts):
+            errors.add(f"'accepts' must list media types, not {accepts!r}", entry.where_of("accepts"),
+                       "for example: [application/json, application/x-ndjson]")
+            return None
+        accepts = frozenset(accepts)
+    return Route(reference, methods, pattern, accepts)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _where(spec, key: str, index: int):
+    items = spec.get(key) if isinstance(spec, dict) else None
+    return items.where_of(index) if isinstance(items, LocatedList) else spec.where_of(key)
 
 
 provider = WebProvider()

@@ -26,8 +26,10 @@ class Response:
 class StatusClient:
     """Talks to one base URL over a persistent connection, closed by :meth:`close` after the tests."""
 
-    def __init__(self, reactor, base_url: str):
+    def __init__(self, reactor, base_url: str, headers: Optional[dict] = None):
         self.base_url = base_url.rstrip("/")
+        #: Sent with every request unless the test gives its own (the site's token, when it requires one).
+        self.headers = dict(headers or {})
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.agent = Agent(reactor, pool=self.pool)
 
@@ -41,7 +43,7 @@ class StatusClient:
         url = self.base_url + path
         if query:
             url += ("&" if "?" in url else "?") + urlencode(query, doseq=True)
-        sent = Headers({k.encode(): [str(v).encode()] for k, v in (headers or {}).items()})
+        sent = Headers({k.encode(): [str(v).encode()] for k, v in {**self.headers, **(headers or {})}.items()})
         if json_body is not None:
             body = json.dumps(json_body).encode("utf-8")
             if not sent.hasHeader(b"content-type"):

@@ -26,7 +26,6 @@ every accepted exchange is over, the port closes and idle connections are closed
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -34,6 +33,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -41,8 +41,10 @@ from twisted.web.server import NOT_DONE_YET, Site
 from pipedingest.deadline import Deadline
 from pipedingest.graph import SITE
 from pipedingest.idle import WhenIdle
+from pipedingest.web.access import OPEN_ENDPOINTS, Access
+from pipedingest.web.body import BodyError
 from pipedingest.web.errors import describe_failure
-from pipedingest.web.request import JSON_TYPE, LimitedRequest, WebRequest, error_body
+from pipedingest.web.request import JSON_TYPE, LimitedRequest, WebRequest, error_body, path_segments, write_and_close
 
 log = Logger()
 
@@ -55,11 +57,12 @@ RETRY_AFTER_STOPPING = 5
 
 @dataclass
 class Route:
-    """A pipeline that answers some methods at one routing node."""
+    """A pipeline that answers some methods (and, with a body, some content types) at one routing node."""
 
     pipeline: object  # a Reference to a Pipeline
     methods: Optional[frozenset] = None  # None: any method
     pattern: str = "/"
+    accepts: Optional[frozenset] = None  # None: a body of any content type
 
 
 @dataclass
@@ -112,7 +115,13 @@ class Exchange:
 
 
 class TrackedChannel(HTTPChannel):
-    """An HTTP connection its site knows of, so that a stopping site can close the idle ones."""
+    """An HTTP connection its site knows of (a stopping site closes the idle ones), answering errors in JSON.
+
+    Once a request on it has been refused before it was complete (``LimitedRequest.refuse_early``), the
+    connection only closes: nothing more it receives is parsed.
+    """
+
+    discarding = False
 
     def connectionMade(self):
         super().connectionMade()
@@ -122,6 +131,20 @@ class TrackedChannel(HTTPChannel):
         self.site.channels.discard(self)
         super().connectionLost(reason)
 
+    def lineReceived(self, line):
+        if not self.discarding:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data):
+        if not self.discarding:
+            super().rawDataReceived(data)
+
+    def _respondToBadRequestAndDisconnect(self):
+        # Twisted answers malformed framing (a bad request line, headers, length or chunk) here, with a bare
+        # 400; overriding this private method is the only way to answer in JSON like everywhere else.
+        self.discarding = True
+        write_and_close(self, 400, error_body(400, "malformed HTTP request"))
+
 
 class PipelineSite(Site):
     """A :class:`Site` with a body limit, its open connections, and a switch to refuse new work."""
@@ -130,9 +153,15 @@ class PipelineSite(Site):
     protocol = TrackedChannel
     displayTracebacks = False
 
-    def __init__(self, resource: "PipelineResource", max_body_bytes: int, **kwargs):
-        super().__init__(resource, **kwargs)
+    def __init__(self, resource: "PipelineResource", max_body_bytes: int, read_timeout: Optional[float] = None,
+                 idle_timeout: Optional[float] = None, **kwargs):
+        if idle_timeout is not None:
+            kwargs["timeout"] = idle_timeout  # seconds an idle connection is kept (Twisted's default: 60)
+        # Form bodies are not parsed into request.args: a route reads its body itself (web/body.py).
+        super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
         self.max_body_bytes = max_body_bytes
+        #: Seconds a request may take to arrive, from its first line to the end of its body (408 after).
+        self.read_timeout = read_timeout
         self.pipeline_resource = resource
         #: Requests that start arriving while this is true are accepted (``LimitedRequest.admitted``).
         self.accepting = True
@@ -156,7 +185,7 @@ class PipelineResource(Resource):
     isLeaf = True
 
     def __init__(self, name: str, tree: RouteNode, clock, response_timeout: float, status=None,
-                 builtin: frozenset = frozenset()):
+                 builtin: frozenset = frozenset(), access: Optional[Access] = None):
         super().__init__()
         self.name = name
         self.tree = tree
@@ -164,28 +193,42 @@ class PipelineResource(Resource):
         self.response_timeout = response_timeout
         self.status = status  # a Reference to the DaemonStatus that serves the built-in endpoints
         self.builtin = builtin
+        self.access = access or Access("127.0.0.1", allowed_hosts=["*"])
         self.exchanges: set[Exchange] = set()
         self.idle = WhenIdle(lambda: not self.exchanges)
         self.draining = False
         self.answered = 0
 
     def render(self, request):
+        """Answer at once (an error, a built-in endpoint) or start the route's pipeline; never raise."""
+        try:
+            return self._render(request)
+        except BodyError as error:
+            return self._error(request, error.status, error.message)
+        except Exception:
+            status, error, _ = describe_failure(Failure(), f"while reading {request.method!r} {request.uri!r}")
+            return self._error(request, status, error["message"], id=error.get("id"))
+
+    def _render(self, request):
         request.setHeader(b"server", b"pipedingest")
         if self.draining:
             closing(request)
-        segments = [s.decode("utf-8", "replace") for s in request.postpath]
-        if segments and segments[-1] == "":
-            segments.pop()
-        if request.too_large:
-            request.setHeader(b"connection", b"close")
-            return self._error(request, 413, "request body too large",
-                               limit_bytes=request.channel.site.max_body_bytes)
-        if len(segments) == 1 and segments[0] in self.builtin:
-            self.status.value.serve(segments[0], WebRequest(request, route="/" + segments[0]))
+        if request.refused:
+            return NOT_DONE_YET  # already answered (413, 408) and closing
+        refused = self.access.host_refused(request.getHeader(b"host"))
+        if refused:
+            return self._error(request, 421, refused, hint="set allowed_hosts for this site")
+        segments = path_segments(request)
+        endpoint = segments[0] if len(segments) == 1 and segments[0] in self.builtin else None
+        if endpoint not in OPEN_ENDPOINTS and not self.access.authorized(request.getHeader(b"authorization")):
+            request.setHeader(b"www-authenticate", b'Bearer realm="pipedingest"')
+            return self._error(request, 401, "a valid bearer token is required")
+        if endpoint is not None:
+            self.status.value.serve(endpoint, WebRequest(request, route="/" + endpoint))
             return NOT_DONE_YET
         node, params = self.tree.match(segments)
         if node is None or not node.routes:
-            return self._error(request, 404, f"no route for {request.path.decode('utf-8', 'replace')}")
+            return self._error(request, 404, f"no route for /{'/'.join(segments)}")
         method = request.method.decode("ascii", "replace")
         route = next((r for r in node.routes if r.methods is None or method in r.methods), None)
         if route is None:
@@ -196,13 +239,7 @@ class PipelineResource(Resource):
             closing(request)
             return self._error(request, 503, "the daemon is shutting down")
         wrapped = WebRequest(request, params, route.pattern)
-        if wrapped.body and wrapped.wants_json():
-            try:
-                wrapped.json = json.loads(wrapped.body)
-            except UnicodeDecodeError:
-                return self._error(request, 400, "request body is not UTF-8")
-            except ValueError as exc:
-                return self._error(request, 400, f"malformed JSON: {exc}")
+        wrapped.read_body(route.accepts)
         self._run(route, wrapped)
         return NOT_DONE_YET
 
