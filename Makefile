@@ -1,6 +1,6 @@
 # The two commands a new user needs (see README.md): `make run` and `make test`.
 # Both set everything up first; scripts/bootstrap is idempotent and quick when nothing changed.
-.PHONY: run test check bench setup
+.PHONY: run test check bench fuzz config-fuzz setup
 
 CONFIG ?= conf/dev.yaml
 
@@ -19,3 +19,9 @@ check: setup
 bench: setup
 	.venv/bin/python -m pip install --quiet -r bench/requirements.txt
 	.venv/bin/python bench/ner_http.py
+
+fuzz: setup
+	.venv/bin/python bench/http_fuzz.py -n $(or $(N),10000)
+
+config-fuzz: setup
+	.venv/bin/python bench/config_fuzz.py --count $(or $(N),2000)
