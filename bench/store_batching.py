@@ -1,13 +1,16 @@
 """The batched Firestore sink against one ``set()`` per document, on the emulator.
 
     .venv/bin/python bench/store_batching.py [--articles 2000] [--runs 3] [--body-bytes 2000]
+                                             [--entity-counters [--own-entities 5]]
 
 Starts its own emulator on a free port, warms it up (a JVM) with both paths,
 stores the same articles both ways (the database cleared in between), and prints
 the median writes/s of the runs.  The
 naive sink is what the seed app did: one blocking ``set()`` per article, in turn.
 The batched sink is ``FirestoreStore``: puts from the reactor, committed in batches
-on its thread pool.
+on its thread pool; with ``--entity-counters`` it also counts each article's
+entities (3 shared by every article, ``--own-entities`` of its own) in the
+sharded counters, which the naive sink never does.
 """
 from __future__ import annotations
 
@@ -23,15 +26,21 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from firestore_emulator import FirestoreEmulator  # noqa: E402
 
 
-def articles(count: int, body_bytes: int, run: int) -> list[dict]:
+def articles(count: int, body_bytes: int, run: int, own_entities: int = 0) -> list[dict]:
     body = ("Ada Lovelace met Charles Babbage in London. " * (body_bytes // 44 + 1))[:body_bytes]
-    entities = [{"text": "Ada Lovelace", "label": "PERSON", "start": 0, "end": 12},
-                {"text": "Charles Babbage", "label": "PERSON", "start": 17, "end": 32},
-                {"text": "London", "label": "GPE", "start": 36, "end": 42}]
+    shared = [{"text": "Ada Lovelace", "label": "PERSON", "start": 0, "end": 12},
+              {"text": "Charles Babbage", "label": "PERSON", "start": 17, "end": 32},
+              {"text": "London", "label": "GPE", "start": 36, "end": 42}]
+
+    def entities(n):
+        return shared + [{"text": f"Org {run}.{n}.{k}", "label": "ORG", "start": 0, "end": 1}
+                         for k in range(own_entities)]
+
     return [{"id": f"bench-{run}-{n}", "title": f"Title {n}", "source": "bench",
              "url": f"https://example.com/{n}", "published": "2025-01-31T12:00:00Z", "body": body,
-             "entities": entities, "entity_counts": {"PERSON": 2, "GPE": 1}, "words": len(body.split()),
-             "model": {"name": "en_core_web_sm", "version": "3.8.0"}} for n in range(count)]
+             "entities": entities(n), "entity_counts": {"PERSON": 2, "GPE": 1, "ORG": own_entities},
+             "words": len(body.split()), "model": {"name": "en_core_web_sm", "version": "3.8.0"}}
+            for n in range(count)]
 
 
 def naive(project: str, batch: list[dict]) -> float:
@@ -56,6 +65,8 @@ def main():
     parser.add_argument("--body-bytes", type=int, default=2000)
     parser.add_argument("--concurrent-commits", type=int, default=2)
     parser.add_argument("--batch-writes", type=int, default=500)
+    parser.add_argument("--entity-counters", action="store_true", help="the batched store counts entities")
+    parser.add_argument("--own-entities", type=int, default=0, help="entities of each article's own")
     options = parser.parse_args()
 
     emulator = FirestoreEmulator(project="pipedingest-bench").start()
@@ -72,9 +83,10 @@ def main():
         try:
             # The emulator is a JVM: both paths run once untimed so that neither pays its warm-up.
             yield threads.deferToThread(naive, emulator.project, articles(300, options.body_bytes, -1))
-            store = FirestoreStore(project=emulator.project)
+            store = FirestoreStore(project=emulator.project, entity_counters=options.entity_counters)
             store.startService()
-            yield defer.gatherResults([store.put(a) for a in articles(2000, options.body_bytes, -2)])
+            yield defer.gatherResults([store.put(a) for a in
+                                       articles(2000, options.body_bytes, -2, options.own_entities)])
             yield store.stopService()
             for run in range(options.runs):
                 emulator.clear()
@@ -84,18 +96,22 @@ def main():
                 emulator.clear()
                 store = FirestoreStore(project=emulator.project, max_batch_writes=options.batch_writes,
                                        max_concurrent_commits=options.concurrent_commits,
-                                       threads=options.concurrent_commits + 2)
+                                       threads=options.concurrent_commits + 2,
+                                       entity_counters=options.entity_counters)
                 store.startService()
-                batch = articles(options.articles, options.body_bytes, run)
+                batch = articles(options.articles, options.body_bytes, run, options.own_entities)
                 started = time.perf_counter()
                 results = yield defer.gatherResults([store.put(article) for article in batch])
                 elapsed = time.perf_counter() - started
                 assert results == [True] * options.articles, "some articles were not created"
-                commits = store.state()["commits"]
+                state = store.state()
                 yield store.stopService()
                 figures["batched store"].append(options.articles / elapsed)
+                counted = (f", {state['counter_writes']} shard-document writes carrying "
+                           f"{state['counter_increments']} increments" if options.entity_counters else "")
                 print(f"run {run + 1}: naive {figures['naive set()'][-1]:8.0f} writes/s, batched "
-                      f"{figures['batched store'][-1]:8.0f} writes/s ({commits} commits)", flush=True)
+                      f"{figures['batched store'][-1]:8.0f} writes/s ({state['commits']} commits, "
+                      f"largest {state['largest_commit']['writes']} writes{counted})", flush=True)
         finally:
             reactor.stop()
 
@@ -105,7 +121,9 @@ def main():
     finally:
         emulator.stop()
     medians = {name: statistics.median(values) for name, values in figures.items()}
-    print(f"\n{options.articles} articles of {options.body_bytes}-byte bodies, median of {options.runs} runs:")
+    counting = (f", counting {3 + options.own_entities} entities each" if options.entity_counters else "")
+    print(f"\n{options.articles} articles of {options.body_bytes}-byte bodies{counting}, "
+          f"median of {options.runs} runs:")
     for name, value in medians.items():
         print(f"  {name:14} {value:8.0f} writes/s")
     if medians["naive set()"]:

@@ -33,6 +33,13 @@ STORED_FIELDS = ("title", "source", "url", "published", "body") + RESULT_FIELDS
 DEFAULT_SOURCE = "unknown"
 #: Firestore's limit on a document id, applied in every store alike.
 MAX_ID_BYTES = 1500
+#: The most distinct entities one article may carry, in every store alike; a store refuses
+#: an article with more (``TooManyEntities``, HTTP 422) and stores and counts nothing of it.
+#: An entity is a text with its label: "Paris" as GPE and as PERSON are two.  The bound
+#: keeps one article's entity counters within one Firestore commit (each stored with the
+#: article, atomically) and is well above what a real article yields; a 1 MiB document
+#: holds some 25,000 of the shortest entities at the very most anyway.
+MAX_DISTINCT_ENTITIES = 10_000
 
 _RESERVED_ID = re.compile(r"^__.*__$")
 

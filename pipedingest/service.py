@@ -21,7 +21,9 @@ unclean.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import signal
 from typing import Optional
 
@@ -50,9 +52,17 @@ EXIT_STOP_UNCLEAN = 1
 
 
 def load_providers() -> dict:
+    """Every provider by its section.
+
+    Each module is imported first: twisted.plugin skips a module that fails to import
+    with a log line, and a section would then be "unknown"; a broken provider is a bug
+    to see at once.
+    """
     import pipedingest.providers
     from pipedingest.providers.base import IProvider
 
+    for module in pkgutil.iter_modules(pipedingest.providers.__path__, "pipedingest.providers."):
+        importlib.import_module(module.name)
     return {provider.section: provider for provider in getPlugins(IProvider, pipedingest.providers)}
 
 

@@ -118,8 +118,25 @@ def bodies(draw, content_type: str) -> tuple[str, bytes]:
 
 
 @st.composite
+def well_formed(draw):
+    """A correct article post (some must get through, to show that only the bad ones are refused)."""
+    article = {"body": draw(st.sampled_from(["Angela Merkel met Emmanuel Macron in Berlin on Tuesday.",
+                                             "Google opened an office in Zurich.", "Lima is in Peru."]))
+                       + " " + draw(st.text(max_size=40))}
+    for name in draw(st.lists(st.sampled_from(["id", "title", "source", "url", "published"]), unique=True)):
+        article[name] = draw(st.text(min_size=1, max_size=20).filter(lambda text: "/" not in text))
+    body = json.dumps(article, ensure_ascii=draw(st.booleans())).encode("utf-8")
+    path = draw(st.sampled_from(["/articles", "/entities"]))
+    wire = (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    return f"POST {path} well-formed", wire
+
+
+@st.composite
 def requests(draw):
     """Raw bytes of one HTTP/1.1 request, and a word for its kind."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(well_formed())
     method = draw(st.sampled_from(METHODS))
     path = draw(st.sampled_from(ROUTES))
     if draw(st.integers(0, 3)) == 0:

@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import threading
 import time
 import uuid
@@ -59,7 +60,7 @@ def client(port: int, articles: list[dict], outcomes: list[Outcome], token: str 
         connection.close()
 
 
-def sigterm_under_load(config: str, cwd, env) -> dict:
+def signal_under_load(config: str, cwd, env, signum=signal.SIGTERM) -> dict:
     articles = [{"id": f"doc-{index}", "source": "load", "title": article.get("title", ""), "body": article["body"]}
                 for index, article in enumerate(read_articles(corpus_path(), 400)) if article["body"].strip()]
     daemon = Daemon(config, cwd=cwd, env=env)
@@ -74,7 +75,7 @@ def sigterm_under_load(config: str, cwd, env) -> dict:
             assert all(thread.is_alive() for thread in threads), "a client ended before the signal"
             time.sleep(0.01)
         signalled_at = time.monotonic()
-        daemon.terminate()
+        daemon.process.send_signal(signum)
         for thread in threads:
             thread.join(300)
         exit_code = daemon.wait(120)
@@ -135,7 +136,7 @@ def report(name: str, figures: dict) -> None:
 @pytest.mark.slow
 def test_sigterm_under_load_answers_everything_sent_before_it_sqlite(tmp_path):
     env = dict(os.environ, INGEST_DATA=str(tmp_path / "data"))
-    run = sigterm_under_load(DEV, tmp_path, env)
+    run = signal_under_load(DEV, tmp_path, env)
     report("dev.yaml (SQLite)", check(run, restarted_lookup(DEV, tmp_path, env)))
 
 
@@ -143,8 +144,27 @@ def test_sigterm_under_load_answers_everything_sent_before_it_sqlite(tmp_path):
 def test_sigterm_under_load_answers_everything_sent_before_it_firestore(tmp_path, firestore):
     # FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT come from the fixture; prod.yaml requires a token
     env = dict(os.environ, INGEST_TOKEN=uuid.uuid4().hex)
-    run = sigterm_under_load(PROD, tmp_path, env)
+    run = signal_under_load(PROD, tmp_path, env)
     report("prod.yaml (Firestore emulator)", check(run, restarted_lookup(PROD, tmp_path, env)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["dev", "prod"])
+def test_sigkill_under_load_loses_no_acknowledged_article(tmp_path, config, request):
+    """No grace at all: requests in flight fail, but every article answered 2xx is in the store."""
+    if config == "dev":
+        path, env = DEV, dict(os.environ, INGEST_DATA=str(tmp_path / "data"))
+    else:
+        request.getfixturevalue("firestore")
+        path, env = PROD, dict(os.environ, INGEST_TOKEN=uuid.uuid4().hex)
+    run = signal_under_load(path, tmp_path, env, signal.SIGKILL)
+    assert run["exit_code"] == -signal.SIGKILL
+    acknowledged = {o.article_id: json.loads(o.body) for o in run["outcomes"] if o.status in (200, 201)}
+    assert len(acknowledged) >= ANSWERS_BEFORE_SIGNAL
+    missing = restarted_lookup(path, tmp_path, env)(acknowledged)
+    assert missing == [], f"acknowledged but lost: {missing}"
+    report(f"SIGKILL {config}", {"acknowledged": len(acknowledged), "missing_after_restart": len(missing),
+                                  "failed_in_flight": sum(1 for o in run["outcomes"] if o.status is None)})
 
 
 @pytest.mark.slow

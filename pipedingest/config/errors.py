@@ -57,7 +57,8 @@ class ConfigErrors(Exception):
     """All the problems found in one configuration."""
 
     def __init__(self, errors: Iterable[ConfigError]):
-        self.errors = sorted(errors, key=_sort_key)
+        unique = {error.render(): error for error in errors}  # a value reached through aliases is checked twice
+        self.errors = sorted(unique.values(), key=_sort_key)
         super().__init__(self.render())
 
     def render(self) -> str:
@@ -91,8 +92,8 @@ class ErrorCollector:
 
 def close_matches_hint(word: str, candidates: Iterable[str], what: str = "") -> str:
     """A hint naming the candidates closest to a misspelt *word*."""
-    candidates = sorted(set(candidates))
-    matches = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+    candidates = sorted({str(candidate) for candidate in candidates})
+    matches = difflib.get_close_matches(str(word), candidates, n=3, cutoff=0.6)
     if matches:
         return "did you mean " + " or ".join(repr(m) for m in matches) + "?"
     if candidates and len(candidates) <= 12:

@@ -20,6 +20,7 @@ import re
 from typing import Any, Iterator, Optional
 
 from pipedingest.config.errors import ConfigError, ErrorCollector, Location, close_matches_hint
+from pipedingest.config.schema import shown, type_name
 from pipedingest.engine.registry import ProcessorRegistry
 
 
@@ -66,6 +67,8 @@ class Runtime:
         self.resources: dict[str, Any] = {}
         self.definitions: dict[str, Location] = {}
         self.references: list[Reference] = []
+        #: Names whose definition was wrong (and reported): a reference to one of them is a consequence.
+        self.failed: set[str] = set()
         self._owner: Optional[str] = None
 
     def register(self, name: str, value: Any, where: Optional[Location] = None) -> None:
@@ -75,6 +78,15 @@ class Runtime:
             return
         self.resources[name] = value
         self.definitions[name] = where
+
+    def definition_failed(self, name: str) -> None:
+        """The definition of *name* (or of every ``name.*``: ``pipeline.web``, ``store``) was wrong.
+
+        Its problem has been reported where it is written; the references to it are
+        not reported again as unknown names, so that the root cause stands alone
+        instead of behind one "unknown store" line per step that uses the store.
+        """
+        self.failed.add(name)
 
     def reference(self, name: str, where: Location, wanted: str = "resource", by: Optional[str] = None) -> Reference:
         """A reference to the resource *name*, needed by the resource *by*.
@@ -89,8 +101,11 @@ class Runtime:
 
     def pipeline_reference(self, name: Any, where: Location, by: str) -> Optional[Reference]:
         """A reference to the pipeline *name*, written ``pipeline.x``; None after reporting a bad name."""
-        if not isinstance(name, str) or not name.startswith("pipeline."):
-            self.errors.add(f"{name!r} must name a pipeline", where, f"write pipeline.{name}")
+        if not isinstance(name, str):
+            self.errors.add(f"{type_name(name)} cannot name a pipeline", where, "write pipeline.<name>")
+            return None
+        if not name.startswith("pipeline."):
+            self.errors.add(f"{shown(name)} must name a pipeline", where, f"write pipeline.{name}")
             return None
         return self.reference(name, where, "pipeline", by=by)
 
@@ -110,16 +125,33 @@ class Runtime:
         return [name for name in self.resources if name.startswith(prefix)]
 
     def resolve(self) -> None:
-        """Resolve every reference taken so far, reporting each unknown name."""
+        """Resolve every reference taken so far, reporting each unknown name.
+
+        A name whose definition failed is not reported again (see :meth:`definition_failed`),
+        unless nothing else was: a configuration with an unresolved name is never clean.
+        """
+        consequences = []
         for ref in self.references:
             if ref.name in self.resources:
                 ref.resolve(self.resources[ref.name])
-                continue
-            kind = ref.name.split(".", 1)[0] + "."
-            candidates = [name[len(kind):] for name in self.names(kind)]
-            hint = close_matches_hint(ref.name[len(kind):], candidates, f"{ref.wanted}s")
-            hint = _prefixed(hint, kind)
-            self.errors.add(f"unknown {ref.wanted} {ref.name!r}", ref.where, hint)
+            elif self._failed(ref.name):
+                consequences.append(ref)
+            else:
+                self._unknown(ref)
+        if consequences and not self.errors:
+            for ref in consequences:
+                self._unknown(ref)
+
+    def _failed(self, name: str) -> bool:
+        parts = name.split(".")
+        return any(".".join(parts[:length]) in self.failed for length in range(1, len(parts) + 1))
+
+    def _unknown(self, ref: Reference) -> None:
+        kind = ref.name.split(".", 1)[0] + "."
+        candidates = [name[len(kind):] for name in self.names(kind)]
+        hint = close_matches_hint(ref.name[len(kind):], candidates, f"{ref.wanted}s")
+        hint = _prefixed(hint, kind)
+        self.errors.add(f"unknown {ref.wanted} {ref.name!r}", ref.where, hint)
 
 
 def _prefixed(hint: str, kind: str) -> str:

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from pipedingest.ner.errors import ModelNotFound
+from pipedingest.ner.errors import ModelLoadFailed, ModelNotFound
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,11 @@ class ModelLocation:
 
     @classmethod
     def find(cls, model: str) -> "ModelLocation":
-        """The model's location; ``ModelNotFound`` (naming the model and how to install it) when there is none."""
+        """The model's location; ``ModelNotFound`` (naming the model and how to install it) when there is none.
+
+        A directory (or package) is a model only if it holds the ``meta.json`` or ``config.cfg`` that
+        ``nlp.to_disk()`` writes: ``model: /etc`` is refused here, not by every child that fails to load it.
+        """
         if os.path.isdir(model):
             directory = model
         else:
@@ -37,10 +41,20 @@ class ModelLocation:
                 raise ModelNotFound(model)
             directory = spec.submodule_search_locations[0]
         meta_path = os.path.join(directory, "meta.json")
+        if not (os.path.isfile(meta_path) or os.path.isfile(os.path.join(directory, "config.cfg"))):
+            raise ModelLoadFailed(
+                f"{model!r} is not a spaCy model: {directory} has neither meta.json nor config.cfg — name an "
+                f"installed model package, or a directory made by `nlp.to_disk()`"
+            )
         meta = {}
         if os.path.isfile(meta_path):
-            with open(meta_path, encoding="utf-8") as stream:
-                meta = json.load(stream)
+            try:
+                with open(meta_path, encoding="utf-8") as stream:
+                    meta = json.load(stream)
+            except (OSError, ValueError) as exc:
+                raise ModelLoadFailed(f"cannot read {meta_path} of spaCy model {model!r}: {exc}") from None
+            if not isinstance(meta, dict):
+                raise ModelLoadFailed(f"{meta_path} of spaCy model {model!r} is not a JSON object")
         return cls(model, directory, meta)
 
     @property

@@ -49,7 +49,7 @@ def build_namespace(spec: dict, step) -> dict:
 
 
 def compile_code(source: str, filename: str, mode: str, step, key: str, line_offset: int = 0):
-    """Compile configuration code, turning a SyntaxError into a located ConfigError."""
+    """Compile configuration code, turning a SyntaxError (or code too big to compile) into a located ConfigError."""
     try:
         return compile(source, filename, mode)
     except SyntaxError as exc:
@@ -57,15 +57,27 @@ def compile_code(source: str, filename: str, mode: str, step, key: str, line_off
         lineno = (exc.lineno or 1) - 1 - line_offset
         raise ConfigError(f"{key!r} does not compile: {exc.msg}",
                           f"near {(exc.text or '').strip()!r}", where.shifted(max(lineno, 0))) from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ConfigError(f"{key!r} does not compile: {type(exc).__name__}", "simplify the expression",
+                          step.where_of(key)) from None
 
 
 def compile_lambda(config: dict, step, key: str):
-    """The function a ``"name: expression"`` option describes, compiled with its namespace."""
+    """The function a ``"name: expression"`` option describes, compiled with its namespace.
+
+    Building the function evaluates its default arguments; should that fail, it is
+    reported at the option's line like any other mistake in the code.
+    """
     source = config[key].strip()
     if not source.startswith("lambda"):
         source = "lambda " + source
     code = compile_code(source, f"<{key} {step.where}>", "eval", step, key)
-    return eval(code, build_namespace(config["namespace"], step))  # noqa: S307 - trusted config
+    namespace = build_namespace(config["namespace"], step)
+    try:
+        return eval(code, namespace)  # noqa: S307 - trusted config
+    except Exception as exc:  # any failure of the configuration's own code, at load
+        raise ConfigError(f"{key!r} fails when the configuration loads: {type(exc).__name__}: {exc}",
+                          "default arguments are evaluated once, at load", step.where_of(key)) from None
 
 
 @provider(IPlugin, IProcessor)
@@ -119,7 +131,7 @@ class Remap(Processor):
     """Copy values between paths: ``mapping: {from.path: to.path}``; absent sources are skipped."""
 
     name = "remap"
-    options = {"mapping": Option(dict, doc="source path → destination path")}
+    options = {"mapping": Option(dict, doc="source path → destination path", items=str)}
     _absent = object()
 
     def process(self, baton):
@@ -171,7 +183,7 @@ class EncodeJSON(InputOutputProcessor):
     """Encode the input as JSON text."""
 
     name = "encode-json"
-    options = {"indent": Option((int, type(None)), None, "indent for pretty output"),
+    options = {"indent": Option((int, type(None)), None, "indent for pretty output", minimum=0),
                "sort_keys": Option(bool, False, "sort mapping keys")}
 
     def process_input(self, value, baton):

@@ -6,7 +6,6 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import provider
 
-from pipedingest.config.errors import ConfigError
 from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Option
 
 log = Logger()
@@ -44,13 +43,11 @@ class ForEach(InputOutputProcessor):
     options = {
         "pipeline": Option(str, doc="the pipeline to run for each item"),
         "fail_on_error": Option(bool, False, "fail the whole step when one item fails"),
-        "concurrency": Option(int, 1, "how many items run at once"),
+        "concurrency": Option(int, 1, "how many items run at once", minimum=1),
     }
 
     def __init__(self, config, step):
         super().__init__(config, step)
-        if config["concurrency"] < 1:
-            raise ConfigError("'concurrency' must be at least 1", key="concurrency")
         self.pipeline = step.pipeline_reference(config["pipeline"])
         self.semaphore_size = config["concurrency"]
         self.fail_on_error = config["fail_on_error"]

@@ -11,7 +11,13 @@ from zope.interface import provider
 from pipedingest.article import DEFAULT_SOURCE, stored_document
 from pipedingest.engine.baton import get_path, set_path
 from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Option, Processor
-from pipedingest.store.base import DocumentTooLarge, InvalidArticle, PermanentStoreError, StoreUnavailable
+from pipedingest.store.base import (
+    DocumentTooLarge,
+    InvalidArticle,
+    PermanentStoreError,
+    StoreUnavailable,
+    TooManyEntities,
+)
 from pipedingest.web.errors import WebError
 
 STORE = Option(str, "articles", "the store's name under 'stores:'")
@@ -25,6 +31,8 @@ def store_failed(failure):
     """The HTTP answer for a store failure."""
     if failure.check(DocumentTooLarge):
         raise WebError(413, failure.value.message, limit_bytes=failure.value.limit)
+    if failure.check(TooManyEntities):
+        raise WebError(422, failure.value.message, limit_entities=failure.value.limit)
     if failure.check(InvalidArticle):
         raise WebError(400, failure.value.message)
     if failure.check(StoreUnavailable):

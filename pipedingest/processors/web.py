@@ -28,11 +28,11 @@ class WriteWebResponse(Processor):
     options = {
         "input_path": Option(str, "content", "where the response content is"),
         "request_path": Option(str, "request", "where the request is"),
-        "status": Option(int, 200, "the HTTP status"),
+        "status": Option(int, 200, "the HTTP status", minimum=100, maximum=599),
         "status_path": Option((str, type(None)), None, "where to read the status from, if it varies"),
         "content_type": Option((str, type(None)), None,
                                "defaults to application/json for JSON content, text/plain otherwise"),
-        "headers": Option(dict, {}, "extra response headers"),
+        "headers": Option(dict, {}, "extra response headers", items=str),
         "fallback_content": Option(object, _ABSENT, "written when there is no content"),
     }
 

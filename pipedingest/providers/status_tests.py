@@ -25,7 +25,7 @@ from pipedingest.statustest.runner import StatusTestRunner
 SECTION_OPTIONS = {
     "site": Option((str, type(None)), None, "the web site the tests talk to"),
     "timeout": Option(float, 30.0, "seconds each test may take", above=0),
-    "packages": Option(list, [], "plugin packages holding StatusTestCase classes"),
+    "packages": Option(list, [], "plugin packages holding StatusTestCase classes", items=str),
     "cases": Option(list, [], "declared HTTP cases"),
 }
 

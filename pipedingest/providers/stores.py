@@ -14,7 +14,8 @@
         table: statustest_articles
 
 Firestore takes ``project`` (default ``$GOOGLE_CLOUD_PROJECT``), ``collection``,
-``entity_counters``, ``counters_collection``, ``threads``, ``batch_window``,
+``entity_counters``, ``counters_collection``, ``counter_shards``, ``counter_subshards``,
+``max_field_transforms``, ``threads``, ``batch_window``,
 ``max_batch_writes``, ``max_batch_bytes``, ``max_concurrent_commits``,
 ``rpc_timeout``, ``retry_initial``, ``retry_maximum``, ``retry_deadline`` and
 ``max_document_bytes``; it honours ``FIRESTORE_EMULATOR_HOST``.
@@ -26,28 +27,37 @@ import os
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from pipedingest.config.schema import Option
+from pipedingest.config.schema import Option, type_name
 from pipedingest.providers.base import IProvider, Provider
 
 KIND = Option(str, doc="sqlite or firestore", choices=("sqlite", "firestore"))
 MAX_DOCUMENT = Option(int, 1_048_576, "larger documents are refused (413); Firestore's limit is 1 MiB", minimum=1)
+#: What Firestore accepts as a collection id.
+COLLECTION_ID = (r"(?!\.\.?$)(?!__.*__$)[^/\x00]{1,1500}", "a collection id (no '/', not '.', '..' or __x__)")
 KINDS = {
     "sqlite": {
         "kind": KIND,
-        "path": Option(str, doc="the database file"),
-        "table": Option(str, "articles", "the articles table"),
+        "path": Option(str, doc="the database file", pattern=(r"[^\x00]+", "a file path")),
+        "table": Option(str, "articles", "the articles table",
+                        pattern=(r"[A-Za-z_][A-Za-z0-9_]*", "a plain SQL identifier (letters, digits, _)")),
         "entity_counters": Option(bool, False, "keep per-source entity counts"),
         "max_document_bytes": MAX_DOCUMENT,
     },
     "firestore": {
         "kind": KIND,
         "project": Option((str, type(None)), None, "the Google Cloud project (default $GOOGLE_CLOUD_PROJECT)"),
-        "collection": Option(str, "articles", "the articles collection"),
-        "entity_counters": Option(bool, False, "keep sources/{source}/entities/{entity} counters"),
-        "counters_collection": Option(str, "sources", "the counters' top collection"),
+        "collection": Option(str, "articles", "the articles collection", pattern=COLLECTION_ID),
+        "entity_counters": Option(bool, False, "keep per-source entity counters (sharded documents)"),
+        "counters_collection": Option(str, "sources", "the counters' top collection", pattern=COLLECTION_ID),
+        "counter_shards": Option(int, 64, "shards an entity text is hashed among (raise it for capacity)",
+                                 minimum=1, maximum=1024),
+        "counter_subshards": Option(int, 8, "documents per shard that commits pick among (write rate)",
+                                    minimum=1, maximum=64),
+        "max_field_transforms": Option(int, 500, "increments on one document per commit (Firestore: 500)",
+                                       minimum=1, maximum=500),
         "threads": Option(int, 4, "the store's own thread pool size", minimum=1),
         "batch_window": Option(float, 0.05, "seconds a write waits for others to share its commit", minimum=0),
-        "max_batch_writes": Option(int, 500, "writes per commit (at most 500)", minimum=1),
+        "max_batch_writes": Option(int, 500, "writes per commit (at most 500)", minimum=1, maximum=500),
         "max_batch_bytes": Option(int, 3 * 1024 * 1024, "request bytes per commit (the emulator caps 4 MiB)",
                                   minimum=1),
         "max_concurrent_commits": Option(int, 2, "commits in flight at once", minimum=1),
@@ -66,14 +76,22 @@ class StoresProvider(Provider):
     order = 15
     entry_kind = "store"
     example = "stores: {articles: {kind: sqlite, path: var/articles.sqlite}}"
+    resource_prefix = "store."
 
     def options_of_entry(self, name, spec, where, runtime):
-        kind = spec.get("kind") if isinstance(spec, dict) else None
-        if kind not in KINDS:
-            runtime.errors.add(f"store {name!r} needs a kind: sqlite or firestore",
-                               spec.where_of("kind") if isinstance(spec, dict) and "kind" in spec else where)
+        """The options of the store's kind; None (after reporting why) when it has no valid kind."""
+        if not isinstance(spec, dict):
+            runtime.errors.add(f"store {name!r} must be a mapping, not {type_name(spec)}", where,
+                               f"for example: {self.example}")
             return None
-        return KINDS[kind]
+        if "kind" not in spec:
+            runtime.errors.add(f"store {name!r} needs the option 'kind'", where, KIND.doc)
+            return None
+        problem = KIND.problem(spec["kind"])
+        if problem:
+            runtime.errors.add(f"option 'kind' of store {name!r} {problem[0]}", spec.where_of("kind"), problem[1])
+            return None
+        return KINDS[spec["kind"]]
 
     def configure_entry(self, name, settings, spec, where, runtime) -> None:
         kind = settings.pop("kind")

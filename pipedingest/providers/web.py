@@ -49,17 +49,19 @@ SITE_OPTIONS = {
     "read_timeout": Option(float, 30.0, "seconds a request may take to arrive, headers and body (408 after)",
                            above=0),
     "idle_timeout": Option(float, 60.0, "seconds an idle connection is kept open", above=0),
-    "tokens": Option(list, [], "bearer tokens; when any, every request but /health and /ready needs one"),
+    "tokens": Option(list, [], "bearer tokens; when any, every request but /health and /ready needs one",
+                     items=str),
     "allowed_hosts": Option((list, type(None)), None,
-                            "Host names served (['*']: any); default: loopback names on a loopback interface"),
+                            "Host names served (['*']: any); default: loopback names on a loopback interface",
+                            items=str),
     "builtin_endpoints": Option(bool, True, "serve /health, /ready and /status"),
     "routing": Option(dict, doc="the routing tree: path segments → {__config__: {processor: pipeline.x}}"),
 }
 ROUTE_OPTIONS = {
     "processor": Option(str, doc="the pipeline that answers, as pipeline.<dotted.name>"),
-    "methods": Option((list, str, type(None)), None, "the HTTP methods it answers (default: any)"),
+    "methods": Option((list, str, type(None)), None, "the HTTP methods it answers (default: any)", items=str),
     "accepts": Option((list, str, type(None)), None,
-                      "the content types a request body may have (415 otherwise; default: any)"),
+                      "the content types a request body may have (415 otherwise; default: any)", items=str),
 }
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -70,6 +72,7 @@ _MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]
 class WebProvider(Provider):
     section = "web"
     order = 40
+    resource_prefix = "site."
     entry_options = SITE_OPTIONS
     entry_kind = "web site"
     example = "web: {main: {port: 8080, routing: {...}}}"
@@ -92,6 +95,7 @@ class WebProvider(Provider):
         if hosts is not None and not all(isinstance(host, str) and host for host in hosts):
             errors.add("allowed_hosts must list host names", spec.where_of("allowed_hosts"),
                        "for example: [ingest.example.com, localhost]; ['*'] allows any")
+            hosts = None
         resource_name = f"site.{name}"
         tree = RouteNode()
         build_routes(settings["routing"], tree, "", runtime, errors, resource_name)

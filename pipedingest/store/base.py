@@ -17,7 +17,15 @@ the same promises, so a pipeline never knows which one it talks to:
 Huge bodies are refused, not split: a document whose Firestore storage size
 (see :func:`document_size`) exceeds ``max_document_bytes`` (default: Firestore's
 1 MiB) fails with :class:`DocumentTooLarge` before anything is sent, in both
-stores, so that the HTTP layer can answer 413 and dev behaves like prod.
+stores, so that the HTTP layer can answer 413 and dev behaves like prod.  Likewise
+an article with more than ``MAX_DISTINCT_ENTITIES`` distinct entities fails with
+:class:`TooManyEntities` (422) in both stores, whether or not they count entities.
+
+Entity counters key an entity by its text and label (:func:`entity_tally`), in
+every store alike; a text longer than ``MAX_COUNTED_TEXT_BYTES`` (a label longer
+than ``MAX_COUNTED_LABEL_BYTES``) is counted under its beginning followed by
+``…``, because Firestore keeps the counts in map fields and a field path may
+not exceed 1,500 bytes.
 """
 from __future__ import annotations
 
@@ -30,11 +38,16 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute
 
-from pipedingest.article import ArticleError, check_document
+from pipedingest.article import MAX_DISTINCT_ENTITIES, ArticleError, check_document
 from pipedingest.idle import WhenIdle
 
 #: Firestore's limit on one document, the default limit for every store.
 MAX_DOCUMENT_BYTES = 1_048_576
+#: Entity texts and labels are counted under at most this many UTF-8 bytes, so that the
+#: Firestore field path of a count (``counts``, text, label, each quoted and escaped)
+#: stays within the 1,500 bytes Firestore allows.
+MAX_COUNTED_TEXT_BYTES = 512
+MAX_COUNTED_LABEL_BYTES = 128
 
 
 class StoreError(Exception):
@@ -62,6 +75,17 @@ class DocumentTooLarge(PermanentStoreError):
             f"article {article_id!r} would be a {size}-byte document, over the "
             f"{limit}-byte limit; shorten its body", article_id)
         self.size = size
+        self.limit = limit
+
+
+class TooManyEntities(PermanentStoreError):
+    """The article has more distinct entities than ``MAX_DISTINCT_ENTITIES``; answer 422."""
+
+    def __init__(self, article_id: str, count: int, limit: int = MAX_DISTINCT_ENTITIES):
+        super().__init__(
+            f"article {article_id!r} has {count} distinct entities (text and label); "
+            f"the limit is {limit}", article_id)
+        self.count = count
         self.limit = limit
 
 
@@ -100,16 +124,40 @@ def article_fields(article: Any) -> dict:
 
 
 def entity_tally(entities) -> dict[str, dict[str, int]]:
-    """Occurrences per entity text and label: ``{text: {label: n}}``, for the counters."""
+    """Occurrences per entity text and label: ``{text: {label: n}}``, for the counters.
+
+    Texts and labels are clipped (:func:`counted_as`) so that every store counts alike.
+    """
     tally: dict[str, dict[str, int]] = {}
     for entity in entities or ():
         text = entity.get("text") if isinstance(entity, dict) else None
         label = entity.get("label") if isinstance(entity, dict) else None
         if not isinstance(text, str) or not text or not isinstance(label, str) or not label:
             raise InvalidArticle(f"an entity needs a non-empty 'text' and 'label' to be counted: {entity!r:.100}")
-        labels = tally.setdefault(text, {})
+        labels = tally.setdefault(counted_as(text, MAX_COUNTED_TEXT_BYTES), {})
+        label = counted_as(label, MAX_COUNTED_LABEL_BYTES)
         labels[label] = labels.get(label, 0) + 1
     return tally
+
+
+def counted_as(text: str, limit: int) -> str:
+    """*text*, or when longer than *limit* UTF-8 bytes its beginning (whole characters) and ``…``."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit - 3].decode("utf-8", "ignore") + "…"
+
+
+def distinct_entities(entities) -> int:
+    """How many distinct entities (text and label) *entities* holds; a malformed one counts alone."""
+    if not isinstance(entities, (list, tuple)):
+        return 0
+    seen = set()
+    for position, entity in enumerate(entities):
+        text = entity.get("text") if isinstance(entity, dict) else None
+        label = entity.get("label") if isinstance(entity, dict) else None
+        seen.add((text, label) if isinstance(text, str) and isinstance(label, str) else (position,))
+    return len(seen)
 
 
 def value_size(value: Any) -> int:
@@ -172,14 +220,18 @@ class ThreadedStore(Service):
     stops the pool, so joining its threads never blocks the reactor for long.
 
     :meth:`put` does what every store does before writing: check the document's
-    shape and size (:class:`InvalidArticle`, :class:`DocumentTooLarge`, counted as
-    errors) and refuse work while not running; subclasses :meth:`prepare` the
-    write (more checks of their own) and :meth:`write` it.
+    shape, size and number of entities (:class:`InvalidArticle`,
+    :class:`DocumentTooLarge`, :class:`TooManyEntities`, counted as errors), tally
+    its entities when the store counts them, and refuse work while not running;
+    subclasses :meth:`prepare` the write (more checks of their own) and
+    :meth:`write` it.
     """
 
     kind = "store"
     #: Where documents go (the SQLite table, the Firestore collection): part of a document's size.
     container = ""
+    #: Whether the store keeps per-source entity counters (set by the subclass).
+    entity_counters_enabled = False
 
     def __init__(self, threads: int, reactor=None, clock=None, max_document_bytes: int = MAX_DOCUMENT_BYTES):
         if reactor is None:
@@ -233,7 +285,11 @@ class ThreadedStore(Service):
             size = document_size(self.container, article_id, fields)
             if size > self.max_document_bytes:
                 raise DocumentTooLarge(article_id, size, self.max_document_bytes)
-            write = self.prepare(article_id, fields)
+            distinct = distinct_entities(fields.get("entities"))
+            if distinct > MAX_DISTINCT_ENTITIES:
+                raise TooManyEntities(article_id, distinct)
+            tally = entity_tally(fields.get("entities")) if self.entity_counters_enabled else {}
+            write = self.prepare(article_id, fields, tally)
         except StoreError:
             self._stats["errors"] += 1
             return fail()
@@ -241,8 +297,9 @@ class ThreadedStore(Service):
             return fail(StoreUnavailable(f"the {self.kind} store is not running", article_id))
         return self.write(write)
 
-    def prepare(self, article_id: str, fields: dict):
-        """What :meth:`write` needs for one checked document; raise a :class:`StoreError` to refuse it."""
+    def prepare(self, article_id: str, fields: dict, tally: dict[str, dict[str, int]]):
+        """What :meth:`write` needs for one checked document and its :func:`entity_tally`
+        (empty when the store keeps no counters); raise a :class:`StoreError` to refuse it."""
         raise NotImplementedError
 
     def write(self, prepared) -> Deferred:

@@ -21,6 +21,33 @@ private ``_ingest_token`` unique to its put, so when a commit did land but its
 answer was lost (a timeout, a dropped connection) the retry recognises its own
 document and still reports True.  Two puts of one id are never in flight at once.
 
+**Entity counters** live in shard documents
+``{counters_collection}/{source}/entity_shards/s{S}-{shard}-{sub}`` holding one map,
+``counts: {entity text: {label: n}}``.  An entity's shard is a hash of its text
+among ``counter_shards`` (S); its sub-shard is drawn at random among
+``counter_subshards`` (R) for each commit attempt, so that a popular entity's
+increments spread over R documents (Firestore sustains about one write per
+second on one document).  A commit carries the counts of all its articles summed
+per shard document: one write per document, one field ``Increment`` per text and
+label, at most ``max_field_transforms`` (Firestore: 500) of them on one document;
+a shard with more distinct keys in one commit takes the next sub-shards too.  The
+batch cutter counts these writes against ``max_batch_writes``.
+``entity_counters(source)`` sums every document in the source's ``entity_shards``,
+whatever its S, so S and R may be changed at any time: documents of another S
+simply stop growing.  Map keys are the texts and labels themselves (the client
+quotes them in field paths), except that one matching ``__.*__`` (reserved) or
+starting with ``~`` gets a leading ``~``.
+
+A shard document grows with the distinct keys ever counted in it, and Firestore
+refuses one over 1 MiB, or over 40,000 index entries unless ``counts`` is exempt
+from indexing (``conf/firestore.indexes.json``): a commit touching a full one
+fails, and so do its articles.  A key takes about 25 to 50 bytes (and, indexed,
+four index entries), so a document holds some 10,000 keys when indexed and
+20,000 or more when exempt; a source may count S times that of keys that are
+written often, and up to R times more of rare ones, which spread over the
+sub-shards.  ``entity_counters`` logs a warning when it reads a shard document
+over half the size limit: raise ``counter_shards`` then.
+
 **Failures.**  Transient errors (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
 RESOURCE_EXHAUSTED, INTERNAL) retry the commit with exponential backoff and
 jitter until ``retry_deadline`` seconds have passed since its first attempt;
@@ -38,8 +65,11 @@ their server timestamp; ``recent`` then orders them by id.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import random as _random
+import re
 import threading
 import uuid
 from collections import deque
@@ -55,6 +85,7 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pipedingest.article import MAX_DISTINCT_ENTITIES
 from pipedingest.idle import WhenIdle
 from pipedingest.store.base import (
     MAX_DOCUMENT_BYTES,
@@ -64,14 +95,20 @@ from pipedingest.store.base import (
     StoreUnavailable,
     ThreadedStore,
     check_limit,
-    entity_tally,
     jsonable,
+    value_size,
 )
 
 log = Logger()
 
 #: A private field naming the put that created the document (see the module docstring).
 TOKEN_FIELD = "_ingest_token"
+#: The subcollection of a source's counter document that holds its shard documents.
+SHARDS_COLLECTION = "entity_shards"
+#: Firestore's limit on field transforms applied to one document in one commit.
+MAX_FIELD_TRANSFORMS = 500
+
+_RESERVED_FIELD = re.compile(r"^__.*__$", re.DOTALL)
 
 _TRANSIENT = (
     api_exceptions.ServiceUnavailable,
@@ -100,6 +137,29 @@ def document_id(text: str) -> str:
     return escaped[:1500]
 
 
+def field_name(text: str) -> str:
+    """*text* (an entity text or label) as a map key Firestore accepts; see :func:`text_of_field`.
+
+    Names matching ``__.*__`` are reserved, so they, and names starting with ``~``,
+    get a leading ``~``; anything else (dots, backquotes, slashes) is kept as it is,
+    because the client quotes each part of a field path.
+    """
+    if text.startswith("~") or _RESERVED_FIELD.match(text):
+        return "~" + text
+    return text
+
+
+def text_of_field(name: str) -> str:
+    """The text that :func:`field_name` made *name* of."""
+    return name[1:] if name.startswith("~") else name
+
+
+def shard_of(text: str, shards: int) -> int:
+    """The shard of an entity text among *shards*: stable across processes and releases."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
 def wire_size(value) -> int:
     """An upper bound of *value*'s size once encoded as a Firestore ``Value`` protobuf.
 
@@ -119,23 +179,101 @@ def wire_size(value) -> int:
 
 
 class _Pending:
-    """One put on its way: what to write, how big it is, and who is waiting."""
+    """One put on its way: what to write, how big it is, and who is waiting.
 
-    __slots__ = ("article_id", "fields", "tally", "token", "writes", "size", "deferred", "created")
+    ``shards`` holds the article's counts by shard: ``{shard: {(text key, label key): n}}``.
+    ``size`` bounds the request bytes of the put in a commit of its own: its article's
+    write (``article_size``) and its counts' (see :class:`_ShardPlan`); sharing a commit
+    it needs no more, as its counts join the others' in shard documents.
+    """
 
-    def __init__(self, article_id: str, fields: dict, tally: dict, path_bytes: int):
+    __slots__ = ("article_id", "fields", "source", "shards", "token", "article_size", "shard_write_size",
+                 "size", "deferred", "created")
+
+    def __init__(self, article_id: str, fields: dict, shards: dict, path_bytes: int,
+                 max_transforms: int = MAX_FIELD_TRANSFORMS):
         self.article_id = article_id
         self.fields = fields
-        self.tally = tally
+        self.source = fields["source"]
+        self.shards = shards
         self.token = uuid.uuid4().hex
-        self.writes = 1 + len(tally)
         # Per write: its document's path, the precondition or merge mask, the
         # server-value transforms; per article: the token; all generously rounded up.
-        self.size = (path_bytes + len(article_id.encode("utf-8")) + 200 + wire_size(fields)
-                     + sum(path_bytes + 3 * len(text.encode("utf-8")) + 250 + wire_size(labels)
-                           for text, labels in tally.items()))
+        self.article_size = path_bytes + len(article_id.encode("utf-8")) + 200 + wire_size(fields)
+        self.shard_write_size = (path_bytes + len(document_id(self.source).encode("utf-8"))
+                                 + len(SHARDS_COLLECTION) + 84)
+        alone = _ShardPlan(max_transforms)
+        alone.add(self)
+        self.size = self.article_size + alone.bytes
         self.deferred: Deferred = Deferred()
         self.created: bool | None = None
+
+
+def _documents_for(keys: int, max_transforms: int) -> int:
+    """Shard documents (writes) that *keys* distinct counted keys of one shard need in one commit."""
+    return math.ceil(keys / max_transforms)
+
+
+def _key_size(key: tuple[str, str]) -> int:
+    """An upper bound of one increment's encoded size: its field path, quoted and escaped, and its value."""
+    text, label = key
+    return 3 * len(text.encode("utf-8")) + 3 * len(label.encode("utf-8")) + 48
+
+
+class _ShardPlan:
+    """The counter writes of one commit: its articles' counts summed per shard document.
+
+    A shard's distinct keys go ``max_transforms`` to a document (Firestore applies
+    at most 500 field transforms to one document per commit), so a shard needs one
+    write per started ``max_transforms`` keys, however many articles share them;
+    a key shared by several articles is sent once.
+    """
+
+    def __init__(self, max_transforms: int):
+        self.max_transforms = max_transforms
+        self.counts: dict[tuple[str, int], dict[tuple[str, str], int]] = {}
+        #: Shard-document writes the commit needs so far, and an upper bound of their bytes.
+        self.writes = 0
+        self.bytes = 0
+
+    def cost(self, item: _Pending) -> tuple[int, int]:
+        """The shard-document writes and bytes that adding *item* would add."""
+        writes = size = 0
+        for shard, keys in item.shards.items():
+            counts = self.counts.get((item.source, shard), {})
+            new = [key for key in keys if key not in counts]
+            if new:
+                documents = (_documents_for(len(counts) + len(new), self.max_transforms)
+                             - _documents_for(len(counts), self.max_transforms))
+                writes += documents
+                size += documents * item.shard_write_size + sum(_key_size(key) for key in new)
+        return writes, size
+
+    def add(self, item: _Pending) -> None:
+        for shard, keys in item.shards.items():
+            counts = self.counts.setdefault((item.source, shard), {})
+            before = _documents_for(len(counts), self.max_transforms)
+            for key, n in keys.items():
+                if key not in counts:
+                    counts[key] = 0
+                    self.bytes += _key_size(key)
+                counts[key] += n
+            documents = _documents_for(len(counts), self.max_transforms) - before
+            self.writes += documents
+            self.bytes += documents * item.shard_write_size
+
+    def documents(self, subshards: int, first_sub: int):
+        """``(source, shard, sub-shard, {(text key, label key): n})`` for each document to write.
+
+        A shard's first ``max_transforms`` keys go to sub-shard *first_sub*, the next
+        ones to the following sub-shards (past R only when one commit has more than
+        R × ``max_transforms`` keys of one shard), so no document gets two writes.
+        """
+        for (source, shard), counts in self.counts.items():
+            keys = list(counts.items())
+            for chunk, start in enumerate(range(0, len(keys), self.max_transforms)):
+                sub = (first_sub + chunk) % subshards if chunk < subshards else chunk
+                yield source, shard, sub, dict(keys[start:start + self.max_transforms])
 
 
 class _Commit:
@@ -144,6 +282,10 @@ class _Commit:
     def __init__(self):
         self.commits = 0
         self.conflicts = 0
+        self.writes = 0
+        self.bytes = 0
+        self.counter_writes = 0
+        self.counter_increments = 0
 
 
 @implementer(IArticleStore)
@@ -152,12 +294,16 @@ class FirestoreStore(ThreadedStore):
 
     :param project: the Google Cloud project; default ``$GOOGLE_CLOUD_PROJECT``.
     :param collection: the articles' collection.
-    :param entity_counters: keep ``sources/{source}/entities/{entity}`` counters
-        (``count`` and ``labels.{label}``), applied in the commit that creates the article.
+    :param entity_counters: keep per-source entity counters in shard documents (see the
+        module docstring), applied in the commit that creates the article.
     :param counters_collection: the top collection of the counters (``sources``).
+    :param counter_shards: S, the shards an entity text is hashed among (capacity).
+    :param counter_subshards: R, the documents of one shard that commits pick among (write rate).
+    :param max_field_transforms: increments on one document per commit (Firestore: 500).
     :param threads: the size of the store's thread pool.
     :param batch_window: seconds a put may wait for others to share its commit.
-    :param max_batch_writes: writes per commit (Firestore: 500).
+    :param max_batch_writes: writes per commit (Firestore: 500); with counters, enough for
+        an article with ``MAX_DISTINCT_ENTITIES`` entities: 1 + S + that / ``max_field_transforms``.
     :param max_batch_bytes: estimated request bytes per commit (the emulator caps 4 MiB).
     :param max_concurrent_commits: commits in flight at once (keep below ``threads``
         so reads still find a thread).
@@ -173,7 +319,9 @@ class FirestoreStore(ThreadedStore):
 
     def __init__(self, project: str | None = None, collection: str = "articles",
                  entity_counters: bool = False, counters_collection: str = "sources",
-                 threads: int = 4, batch_window: float = 0.05, max_batch_writes: int = 500,
+                 counter_shards: int = 64, counter_subshards: int = 8,
+                 max_field_transforms: int = MAX_FIELD_TRANSFORMS, threads: int = 4,
+                 batch_window: float = 0.05, max_batch_writes: int = 500,
                  max_batch_bytes: int = 3 * 1024 * 1024, max_concurrent_commits: int = 2,
                  rpc_timeout: float = 30.0, retry_initial: float = 0.1, retry_maximum: float = 5.0,
                  retry_deadline: float = 60.0, max_document_bytes: int = MAX_DOCUMENT_BYTES,
@@ -184,11 +332,26 @@ class FirestoreStore(ThreadedStore):
             raise ValueError(f"max_batch_writes must be from 1 to 500, not {max_batch_writes}")
         if not collection or "/" in collection:
             raise ValueError(f"collection must be a collection id without '/', not {collection!r}")
+        if counter_shards < 1 or counter_subshards < 1:
+            raise ValueError("counter_shards and counter_subshards must be at least 1")
+        if not 1 <= max_field_transforms <= MAX_FIELD_TRANSFORMS:
+            raise ValueError(f"max_field_transforms must be from 1 to {MAX_FIELD_TRANSFORMS}, "
+                             f"not {max_field_transforms}")
+        most = 1 + counter_shards + math.ceil(MAX_DISTINCT_ENTITIES / max_field_transforms)
+        if entity_counters and most > max_batch_writes:
+            raise ValueError(
+                f"max_batch_writes={max_batch_writes} is too small for the entity counters: an article "
+                f"with {MAX_DISTINCT_ENTITIES} distinct entities may need {most} writes "
+                f"(1 + counter_shards + {MAX_DISTINCT_ENTITIES} / max_field_transforms); "
+                f"raise max_batch_writes or lower counter_shards")
         super().__init__(threads=threads, reactor=reactor, clock=clock, max_document_bytes=max_document_bytes)
         self.project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
         self.collection = self.container = collection
         self.entity_counters_enabled = entity_counters
         self.counters_collection = counters_collection
+        self.counter_shards = counter_shards
+        self.counter_subshards = counter_subshards
+        self.max_field_transforms = max_field_transforms
         self.batch_window = batch_window
         self.max_batch_writes = max_batch_writes
         self.max_batch_bytes = max_batch_bytes
@@ -204,13 +367,14 @@ class FirestoreStore(ThreadedStore):
         self._path_bytes = len(f"projects/{self.project}/databases/(default)/documents/"
                                f"{collection}/{counters_collection}/") + 64
         self._queue: deque[_Pending] = deque()
-        self._queued_writes = 0
+        self._queued_counters = _ShardPlan(max_field_transforms)
         self._in_flight_ids: set[str] = set()
         self._in_flight_items = 0
         self._commits_running = 0
         self._timer = None
         self._flushed = WhenIdle(lambda: not self._queue and not self._commits_running)
-        self._stats.update({"commits": 0, "retries": 0, "created": 0, "existing": 0, "conflicts": 0, "split": 0})
+        self._stats.update({"commits": 0, "retries": 0, "created": 0, "existing": 0, "conflicts": 0, "split": 0,
+                            "counter_writes": 0, "counter_increments": 0})
         self._largest = {"writes": 0, "bytes": 0}
 
     # -- the client, in the pool's threads ------------------------------------
@@ -233,14 +397,14 @@ class FirestoreStore(ThreadedStore):
 
     # -- put: queue, batch, commit ---------------------------------------------
 
-    def prepare(self, article_id, fields):
-        tally = entity_tally(fields.get("entities")) if self.entity_counters_enabled else {}
-        item = _Pending(article_id, fields, tally, self._path_bytes)
-        if item.writes > self.max_batch_writes:
-            raise PermanentStoreError(
-                f"article {article_id!r} has {len(tally)} distinct entities; their counters and "
-                f"the article need {item.writes} writes, more than one commit's "
-                f"{self.max_batch_writes}", article_id)
+    def prepare(self, article_id, fields, tally):
+        """The put on its way; the constructor made sure that its writes fit one commit."""
+        shards: dict[int, dict[tuple[str, str], int]] = {}
+        for text, labels in tally.items():
+            keys = shards.setdefault(shard_of(text, self.counter_shards), {})
+            for label, n in labels.items():
+                keys[field_name(text), field_name(label)] = n
+        item = _Pending(article_id, fields, shards, self._path_bytes, self.max_field_transforms)
         if item.size > self.max_batch_bytes:
             raise PermanentStoreError(
                 f"article {article_id!r} needs about {item.size} request bytes, more than "
@@ -249,12 +413,12 @@ class FirestoreStore(ThreadedStore):
 
     def write(self, item):
         self._queue.append(item)
-        self._queued_writes += item.writes
+        self._queued_counters.add(item)
         self._schedule()
         return item.deferred
 
     def _schedule(self):
-        if self._queued_writes >= self.max_batch_writes:
+        if len(self._queue) + self._queued_counters.writes >= self.max_batch_writes:
             self._drain()
         elif self._timer is None and self._queue:
             self._timer = self._clock.callLater(self.batch_window, self._drain)
@@ -275,27 +439,39 @@ class FirestoreStore(ThreadedStore):
         self._check_flushed()
 
     def _take_batch(self) -> list[_Pending]:
-        """The oldest queued puts that fit one commit, at most one per id, none already in flight."""
+        """The oldest queued puts that fit one commit, at most one per id, none already in flight.
+
+        A commit's writes are its articles plus the shard documents of their summed
+        counts (:class:`_ShardPlan`), which grow only when a shard gets more distinct
+        keys than one document may take in a commit.
+        """
         batch: list[_Pending] = []
         ids: set[str] = set()
-        writes = size = 0
+        counters = _ShardPlan(self.max_field_transforms)
+        article_bytes = 0
         kept: deque[_Pending] = deque()
         while self._queue:
             item = self._queue.popleft()
-            fits = (writes + item.writes <= self.max_batch_writes
-                    and size + item.size <= self.max_batch_bytes)
-            if item.article_id in ids or item.article_id in self._in_flight_ids or not fits:
+            if item.article_id in ids or item.article_id in self._in_flight_ids:
                 kept.append(item)
-                if not fits and batch:
+                continue
+            writes, size = counters.cost(item)
+            fits = (len(batch) + 1 + counters.writes + writes <= self.max_batch_writes
+                    and article_bytes + item.article_size + counters.bytes + size <= self.max_batch_bytes)
+            if not fits:
+                kept.append(item)
+                if batch:
                     break
                 continue
             batch.append(item)
             ids.add(item.article_id)
-            writes += item.writes
-            size += item.size
+            counters.add(item)
+            article_bytes += item.article_size
         kept.extend(self._queue)
         self._queue = kept
-        self._queued_writes -= writes
+        self._queued_counters = _ShardPlan(self.max_field_transforms)
+        for item in kept:
+            self._queued_counters.add(item)
         self._in_flight_ids |= ids
         return batch
 
@@ -319,8 +495,9 @@ class FirestoreStore(ThreadedStore):
         first_attempt = self._clock.seconds()
         failures = 0
         while batch:
+            first_sub = self._random.randrange(self.counter_subshards) if self.entity_counters_enabled else 0
             try:
-                result = yield self.in_thread(self._commit_in_thread, batch)
+                result = yield self.in_thread(self._commit_in_thread, batch, first_sub)
             except Exception as error:
                 batch = self._settle_decided(batch)
                 if not batch:
@@ -350,16 +527,19 @@ class FirestoreStore(ThreadedStore):
             else:
                 self._stats["commits"] += result.commits
                 self._stats["conflicts"] += result.conflicts
-                self._largest["writes"] = max(self._largest["writes"], sum(i.writes for i in batch))
-                self._largest["bytes"] = max(self._largest["bytes"], sum(i.size for i in batch))
+                self._stats["counter_writes"] += result.counter_writes
+                self._stats["counter_increments"] += result.counter_increments
+                self._largest["writes"] = max(self._largest["writes"], result.writes)
+                self._largest["bytes"] = max(self._largest["bytes"], result.bytes)
                 self._settle_decided(batch)
                 return
 
-    def _commit_in_thread(self, batch: list[_Pending]) -> _Commit:
+    def _commit_in_thread(self, batch: list[_Pending], first_sub: int = 0) -> _Commit:
         """Create the batch's documents and counters; decide ``created`` for each put.
 
         Runs in a pool thread.  A commit that fails on an existing id is followed by a
-        read of the batch's ids, and the still-absent ones are committed again.
+        read of the batch's ids, and the still-absent ones are committed again, with
+        the counts of those alone.  *first_sub* is the sub-shard its counts go to.
         """
         client = self._client()
         articles = client.collection(self.collection)
@@ -367,8 +547,7 @@ class FirestoreStore(ThreadedStore):
         outcome = _Commit()
         for _ in range(len(pending) + 1):
             writes = client.batch()
-            for item in pending:
-                self._add_writes(client, writes, item)
+            counters = self._add_writes(client, writes, pending, first_sub)
             try:
                 writes.commit(retry=None, timeout=self.rpc_timeout)
             except api_exceptions.AlreadyExists:
@@ -385,22 +564,35 @@ class FirestoreStore(ThreadedStore):
                     return outcome
                 continue
             outcome.commits += 1
+            outcome.writes = len(pending) + counters.writes
+            outcome.bytes = sum(item.article_size for item in pending) + counters.bytes
+            outcome.counter_writes = counters.writes
+            outcome.counter_increments = sum(len(keys) for keys in counters.counts.values())
             for item in pending:
                 item.created = True
             return outcome
         raise api_exceptions.Aborted("documents kept appearing and vanishing during the commit")
 
-    def _add_writes(self, client, writes, item: _Pending):
-        """The article's create and its counters' increments, into the WriteBatch *writes*."""
-        writes.create(client.collection(self.collection).document(item.article_id),
-                      dict(item.fields, ingested_at=firestore.SERVER_TIMESTAMP, **{TOKEN_FIELD: item.token}))
-        entities = (client.collection(self.counters_collection)
-                    .document(document_id(item.fields["source"])).collection("entities"))
-        for text, labels in item.tally.items():
-            writes.set(entities.document(document_id(text)),
-                       {"text": text, "count": Increment(sum(labels.values())),
-                        "labels": {label: Increment(n) for label, n in labels.items()}},
-                       merge=True)
+    def _add_writes(self, client, writes, items: list[_Pending], first_sub: int) -> _ShardPlan:
+        """The articles' creates and their summed counts, into the WriteBatch *writes*; the counts' plan."""
+        articles = client.collection(self.collection)
+        counters = _ShardPlan(self.max_field_transforms)
+        for item in items:
+            writes.create(articles.document(item.article_id),
+                          dict(item.fields, ingested_at=firestore.SERVER_TIMESTAMP, **{TOKEN_FIELD: item.token}))
+            counters.add(item)
+        for source, shard, sub, counts in counters.documents(self.counter_subshards, first_sub):
+            nested: dict[str, dict[str, Increment]] = {}
+            for (text, label), n in counts.items():
+                nested.setdefault(text, {})[label] = Increment(n)
+            writes.set(self._shards(client, source).document(f"s{self.counter_shards}-{shard}-{sub}"),
+                       {"counts": nested}, merge=True)
+        return counters
+
+    def _shards(self, client, source: str):
+        """The collection of *source*'s shard documents."""
+        return (client.collection(self.counters_collection).document(document_id(source))
+                .collection(SHARDS_COLLECTION))
 
     def _settle_decided(self, batch: list[_Pending]) -> list[_Pending]:
         """Fire the Deferreds of the puts already decided; return the others."""
@@ -466,12 +658,21 @@ class FirestoreStore(ThreadedStore):
         return self._read(self._entity_counters, source)
 
     def _entity_counters(self, source):
-        entities = (self._client().collection(self.counters_collection)
-                    .document(document_id(source)).collection("entities"))
-        counters = {}
-        for snapshot in entities.stream(retry=None, timeout=self.rpc_timeout):
-            data = snapshot.to_dict()
-            counters[data["text"]] = {"count": data.get("count", 0), "labels": data.get("labels", {})}
+        """The sum of every shard document of *source* (of any S and R)."""
+        counters: dict[str, dict] = {}
+        for snapshot in self._shards(self._client(), source).stream(retry=None, timeout=self.rpc_timeout):
+            data = snapshot.to_dict() or {}
+            size = value_size(data)
+            if size > self.max_document_bytes // 2:
+                log.warn("entity shard {path} holds {size} bytes, over half of the {limit}-byte limit; "
+                         "raise counter_shards (now {shards})", path=snapshot.reference.path, size=size,
+                         limit=self.max_document_bytes, shards=self.counter_shards)
+            for name, labels in data.get("counts", {}).items():
+                counter = counters.setdefault(text_of_field(name), {"count": 0, "labels": {}})
+                for label_name, n in labels.items():
+                    label = text_of_field(label_name)
+                    counter["labels"][label] = counter["labels"].get(label, 0) + n
+                    counter["count"] += n
         return counters
 
     def _read(self, function, *args):
@@ -501,6 +702,8 @@ class FirestoreStore(ThreadedStore):
             "largest_commit": dict(self._largest),
             "batch": {"window": self.batch_window, "max_writes": self.max_batch_writes,
                       "max_bytes": self.max_batch_bytes},
+            "counters": {"enabled": self.entity_counters_enabled, "shards": self.counter_shards,
+                         "subshards": self.counter_subshards, "max_field_transforms": self.max_field_transforms},
             "threads": self.thread_state(),
         }
 

@@ -6,8 +6,11 @@ and ``check_same_thread`` stays on so a mistake fails loudly.  WAL mode lets
 readers (another process, the sqlite3 shell) look while the daemon writes.
 
 Each ``put`` is one transaction: ``INSERT OR IGNORE`` of the document, and,
-only when that inserted a row, the entity counters, so a repeated id is never
-stored or counted twice.
+only when that inserted a row, the entity counters (one row per source, entity
+text and label in ``{table}_entity_counters``), so a repeated id is never stored
+or counted twice.  The limits are Firestore's, applied by the shared
+:class:`~pipedingest.store.base.ThreadedStore`: what SQLite accepts, Firestore
+accepts too.
 """
 from __future__ import annotations
 
@@ -29,7 +32,6 @@ from pipedingest.store.base import (
     StoreUnavailable,
     ThreadedStore,
     check_limit,
-    entity_tally,
     iso_utc,
     jsonable,
 )
@@ -146,9 +148,8 @@ class SQLiteStore(ThreadedStore):
 
     # -- writes ----------------------------------------------------------------
 
-    def prepare(self, article_id, fields):
+    def prepare(self, article_id, fields, tally):
         document = json.dumps(jsonable(fields), ensure_ascii=False, separators=(",", ":"))
-        tally = entity_tally(fields.get("entities")) if self.entity_counters_enabled else {}
         return article_id, fields["source"], document, tally
 
     def write(self, prepared):

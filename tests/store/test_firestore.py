@@ -2,25 +2,28 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import threading
 
 import pytest
 import pytest_twisted
+from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore as gcf
+from google.cloud.firestore_v1.batch import WriteBatch
 from google.cloud.firestore_v1.types import Write
 from twisted.internet import defer, reactor, task, threads
 
 from tests.firestore_emulator import free_port
+from pipedingest.article import MAX_DISTINCT_ENTITIES
 from pipedingest.store.base import (
     DocumentTooLarge,
     IArticleStore,
     InvalidArticle,
     PermanentStoreError,
     StoreUnavailable,
+    entity_tally,
 )
-from pipedingest.store.firestore import FirestoreStore, _Pending
+from pipedingest.store.firestore import MAX_FIELD_TRANSFORMS, FirestoreStore, shard_of
 
 
 def _count_documents(project, collection="articles"):
@@ -29,6 +32,51 @@ def _count_documents(project, collection="articles"):
         return sum(1 for _ in client.collection(collection).stream())
     finally:
         client.close()
+
+
+def _shard_documents(project, source):
+    """The ids of *source*'s entity shard documents, read with a client of the test's own."""
+    client = gcf.Client(project=project)
+    try:
+        return sorted(snapshot.id for snapshot in
+                      client.collection("sources").document(source).collection("entity_shards").stream())
+    finally:
+        client.close()
+
+
+def record_commits(monkeypatch, before=None, after=None):
+    """The writes of every commit any client sends, recorded as they go out (a spy, not a fake).
+
+    ``before(n)`` / ``after(n)`` run around the real commit number *n* (from 0) and may
+    raise, to fail a commit at an exact moment: before it reaches Firestore, or once it
+    has landed but its answer is lost.
+    """
+    commits = []
+    commit = WriteBatch.commit
+
+    def recorded(self, *args, **kwargs):
+        number = len(commits)
+        commits.append(list(self._write_pbs))
+        if before is not None:
+            before(number)
+        result = commit(self, *args, **kwargs)
+        if after is not None:
+            after(number)
+        return result
+
+    monkeypatch.setattr(WriteBatch, "commit", recorded)
+    return commits
+
+
+def shard_writes(writes):
+    """``{shard document id: {field path: increment}}`` of the counter writes among *writes*."""
+    return {write.update.name.rsplit("/", 1)[1]: {transform.field_path: transform.increment.integer_value
+                                                  for transform in write.update_transforms}
+            for write in writes if "/entity_shards/" in write.update.name}
+
+
+def entities(texts, label="PERSON"):
+    return [{"text": text, "label": label, "start": 0, "end": 1} for text in texts]
 
 
 @pytest_twisted.ensureDeferred
@@ -77,7 +125,7 @@ async def test_puts_wait_for_the_window_then_share_one_commit(firestore_stores, 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_duplicates_make_one_document_and_count_once(firestore_stores, make_article):
     store = firestore_stores(entity_counters=True, batch_window=0.001, max_concurrent_commits=3,
-                             max_batch_writes=20)
+                             counter_shards=4, max_batch_writes=30)
     puts = []
     for round_ in range(50):
         puts.append(store.put(make_article(7, source="dup")))
@@ -121,9 +169,9 @@ async def test_an_existing_id_does_not_sink_its_batch(firestore_stores, make_art
 @pytest_twisted.ensureDeferred
 async def test_a_commit_that_landed_unanswered_is_still_reported_created(firestore_stores, make_article):
     """The moment a reply is lost cannot be provoked on demand, so replay the commit itself."""
-    store = firestore_stores()
-    store.entity_counters_enabled = True
-    item = _Pending("article-1", make_article(1), {"London": {"GPE": 1}}, 200)
+    store = firestore_stores(entity_counters=True)
+    article = make_article(1)
+    item = store.prepare("article-1", {k: v for k, v in article.items() if k != "id"}, {"London": {"GPE": 1}})
     await store.in_thread(store._commit_in_thread, [item])
     item.created = None  # as if the answer had been lost
     outcome = await store.in_thread(store._commit_in_thread, [item])
@@ -222,16 +270,159 @@ async def test_a_refused_article_fails_alone_and_the_rest_of_its_batch_is_stored
 
 
 @pytest_twisted.ensureDeferred
-async def test_commits_hold_at_most_500_writes(firestore_stores, make_article):
+async def test_commits_hold_at_most_500_writes(firestore_stores, make_article, monkeypatch):
+    commits = record_commits(monkeypatch)
     clock = task.Clock()
     store = firestore_stores(clock=clock, entity_counters=True, max_concurrent_commits=1)
-    puts = [store.put(make_article(n)) for n in range(600)]  # 4 writes each: the article, 3 counters
+    # Each article is a write; the counts of its 3 entities join the others' in the shards' documents.
+    shards = len({shard_of(text, 64) for text in ("Ada Lovelace", "Charles Babbage", "London")})
+    puts = [store.put(make_article(n)) for n in range(1200)]
     clock.advance(1)
-    assert await defer.gatherResults(puts) == [True] * 600
+    assert await defer.gatherResults(puts) == [True] * 1200
     state = store.state()
+    assert [len(writes) for writes in commits] == [500, 500, 1200 - 2 * (500 - shards) + shards]
     assert state["largest_commit"]["writes"] == 500
-    assert state["commits"] == math.ceil(600 * 4 / 500)
-    assert (await store.entity_counters("wire"))["London"]["count"] == 600
+    assert state["commits"] == 3 and state["counter_writes"] == 3 * shards
+    assert (await store.entity_counters("wire"))["London"] == {"count": 1200, "labels": {"GPE": 1200}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_flush_sums_its_articles_counts_into_one_write_per_shard_document(
+        firestore_stores, make_article, monkeypatch):
+    """A popular entity in 40 articles of one commit costs one increment of 40, not 40 writes."""
+    commits = record_commits(monkeypatch)
+    clock = task.Clock()
+    store = firestore_stores(clock=clock, batch_window=1, entity_counters=True, counter_shards=8)
+    puts = [store.put(make_article(n, entities=entities(["Ada Lovelace", "London", f"Person {n}"])))
+            for n in range(40)]
+    clock.advance(1)
+    assert await defer.gatherResults(puts) == [True] * 40
+    (writes,) = commits
+    shards = {shard_of(text, 8) for text in ["Ada Lovelace", "London"] + [f"Person {n}" for n in range(40)]}
+    counted = shard_writes(writes)
+    assert len(writes) == 40 + len(shards) and len(counted) == len(shards)
+    assert {name.split("-")[1] for name in counted} == {str(shard) for shard in shards}
+    increments = {path: n for fields in counted.values() for path, n in fields.items()}
+    assert increments.pop("counts.`Ada Lovelace`.PERSON") == 40
+    assert increments.pop("counts.London.PERSON") == 40
+    assert increments == {f"counts.`Person {n}`.PERSON": 1 for n in range(40)}
+    state = store.state()
+    assert state["commits"] == 1 and state["counter_writes"] == len(shards)
+    assert state["counter_increments"] == 42
+    counters = await store.entity_counters("wire")
+    assert counters["Ada Lovelace"] == counters["London"] == {"count": 40, "labels": {"PERSON": 40}}
+    assert len(counters) == 42
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cutter_keeps_every_document_within_its_transform_limit(
+        firestore_stores, make_article, monkeypatch):
+    """One shard, 25 increments per document and commit: 100 articles of 100 keys need 2 commits."""
+    commits = record_commits(monkeypatch)
+    clock = task.Clock()
+    store = firestore_stores(clock=clock, entity_counters=True, counter_shards=1, counter_subshards=3,
+                             max_field_transforms=25, max_batch_writes=402, max_concurrent_commits=1)
+    puts = [store.put(make_article(n, entities=entities([f"Own {n}.{k}" for k in range(90)]
+                                                          + [f"Shared {k}" for k in range(10)])))
+            for n in range(100)]
+    clock.advance(1)
+    assert await defer.gatherResults(puts) == [True] * 100
+    # n articles hold 10 + 90 n distinct keys, 25 to a document: n + ceil((10 + 90 n) / 25) <= 402 for n <= 87.
+    assert [len(writes) for writes in commits] == [87 + 314, 13 + 48]
+    for writes in commits:
+        counted = shard_writes(writes)
+        assert all(len(fields) <= 25 for fields in counted.values())
+        assert len(counted) == len(writes) - sum(1 for write in writes if "/articles/" in write.update.name)
+    counters = await store.entity_counters("wire")
+    assert len(counters) == 100 * 90 + 10
+    assert counters["Shared 3"] == {"count": 100, "labels": {"PERSON": 100}}
+    assert counters["Own 99.89"] == {"count": 1, "labels": {"PERSON": 1}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_largest_article_fits_one_commit_within_firestores_limits(
+        firestore_stores, make_article, monkeypatch):
+    """The emulator enforces neither 500 writes nor 500 transforms per document: check what is sent."""
+    commits = record_commits(monkeypatch)
+    store = firestore_stores(entity_counters=True, batch_window=0)
+    texts = [f"Entity {n}" for n in range(MAX_DISTINCT_ENTITIES)]
+    assert await store.put(make_article(1, body="Many.", entities=entities(texts))) is True
+    (writes,) = commits
+    counted = shard_writes(writes)
+    assert len(writes) <= 500 and len(counted) == len(writes) - 1
+    assert max(len(fields) for fields in counted.values()) <= MAX_FIELD_TRANSFORMS
+    assert sum(len(fields) for fields in counted.values()) == MAX_DISTINCT_ENTITIES
+    assert len(await store.entity_counters("wire")) == MAX_DISTINCT_ENTITIES
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_popular_entitys_increments_spread_over_the_sub_shards(firestore_stores, make_article):
+    store = firestore_stores(entity_counters=True, batch_window=0, counter_shards=2, counter_subshards=4,
+                             random=random.Random(7))
+    for n in range(40):
+        assert await store.put(make_article(n, entities=entities(["Ada Lovelace"]))) is True
+    shard = shard_of("Ada Lovelace", 2)
+    documents = await threads.deferToThread(_shard_documents, store.project, "wire")
+    assert documents == [f"s2-{shard}-{sub}" for sub in range(4)]
+    assert (await store.entity_counters("wire"))["Ada Lovelace"]["count"] == 40
+
+
+@pytest_twisted.ensureDeferred
+async def test_changing_the_shard_count_keeps_the_sums(firestore_stores, make_article):
+    before = firestore_stores(entity_counters=True, batch_window=0, counter_shards=4)
+    for n in range(3):
+        await before.put(make_article(n))
+    after = firestore_stores(entity_counters=True, batch_window=0, counter_shards=16, counter_subshards=2)
+    for n in range(3, 5):
+        await after.put(make_article(n))
+    documents = await threads.deferToThread(_shard_documents, after.project, "wire")
+    assert {name.split("-")[0] for name in documents} == {"s4", "s16"}
+    for store in (before, after):
+        assert (await store.entity_counters("wire"))["London"] == {"count": 5, "labels": {"GPE": 5}}
+
+
+def test_max_batch_writes_must_hold_the_largest_articles_counters():
+    with pytest.raises(ValueError, match="too small for the entity counters.* may need 85 writes"):
+        FirestoreStore(project="p", entity_counters=True, max_batch_writes=84)
+    FirestoreStore(project="p", entity_counters=True, max_batch_writes=85)
+    FirestoreStore(project="p", max_batch_writes=1)
+    with pytest.raises(ValueError, match="max_field_transforms"):
+        FirestoreStore(project="p", max_field_transforms=501)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_that_failed_before_reaching_firestore_is_retried_and_counts_once(
+        firestore_stores, make_article, monkeypatch):
+    def unavailable(number):
+        if number == 0:
+            raise api_exceptions.ServiceUnavailable("injected: the connection dropped")
+
+    commits = record_commits(monkeypatch, before=unavailable)
+    store = firestore_stores(entity_counters=True, batch_window=0.05, retry_initial=0.01)
+    puts = [store.put(make_article(n)) for n in range(3)]
+    assert await defer.gatherResults(puts) == [True] * 3
+    state = store.state()
+    assert (len(commits), state["retries"], state["conflicts"], state["commits"]) == (2, 1, 0, 1)
+    assert (await store.entity_counters("wire"))["London"]["count"] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_whose_answer_was_lost_is_retried_and_counts_once(
+        firestore_stores, make_article, monkeypatch):
+    """The commit lands and its answer is lost: the retry meets ALREADY_EXISTS, finds its own tokens
+    and reports the articles created, and the retry's counters, refused with it, are never applied."""
+    def lost(number):
+        if number == 0:
+            raise api_exceptions.DeadlineExceeded("injected: the answer was lost")
+
+    commits = record_commits(monkeypatch, after=lost)
+    store = firestore_stores(entity_counters=True, batch_window=0.05, retry_initial=0.01)
+    puts = [store.put(make_article(n)) for n in range(3)]
+    assert await defer.gatherResults(puts) == [True] * 3
+    state = store.state()
+    assert (len(commits), state["retries"], state["conflicts"], state["commits"]) == (2, 1, 1, 0)
+    assert (state["created"], state["existing"]) == (3, 0)
+    assert (await store.entity_counters("wire"))["London"] == {"count": 3, "labels": {"GPE": 3}}
 
 
 @pytest_twisted.ensureDeferred
@@ -259,15 +450,15 @@ def test_the_byte_estimate_bounds_the_encoded_writes(firestore, make_article):
     """The budget is only as good as the estimate: compare it with the real protobuf sizes."""
     store = FirestoreStore(project=firestore.project, entity_counters=True)
     client = gcf.Client(project=firestore.project)
-    entities = [{"text": f"Entity {i}", "label": "ORG", "start": i, "end": i + 8} for i in range(300)]
-    for article in (make_article(1), make_article(2, body="ü" * 300_000, entities=entities),
-                    make_article(3, title="", body="", entities=entities[:1], words=0)):
-        from pipedingest.store.base import entity_tally
-
-        item = _Pending(article["id"], {k: v for k, v in article.items() if k != "id"},
-                        entity_tally(article["entities"]), store._path_bytes)
+    many = [{"text": f"Entity {i}", "label": "ORG", "start": i, "end": i + 8} for i in range(300)]
+    odd = [{"text": text, "label": "a`b", "start": 0, "end": 1} for text in ("`" * 500, "__x__", "a.b", "é" * 300)]
+    for article in (make_article(1), make_article(2, body="ü" * 300_000, entities=many),
+                    make_article(3, title="", body="", entities=many[:1], words=0),
+                    make_article(4, source="s" * 1000, entities=odd)):
+        fields = {k: v for k, v in article.items() if k != "id"}
+        item = store.prepare(article["id"], fields, entity_tally(article["entities"]))
         batch = client.batch()
-        store._add_writes(client, batch, item)
+        store._add_writes(client, batch, [item], 0)
         encoded = sum(Write.pb(write).ByteSize() + 6 for write in batch._write_pbs)
         assert encoded <= item.size <= 3 * encoded + 2000
     client.close()
@@ -313,17 +504,6 @@ async def test_stopping_flushes_the_queue_and_then_refuses(firestore_stores, mak
         await store.put(make_article(11))
     reader = firestore_stores()
     assert len(await reader.recent(limit=100)) == 10
-
-
-@pytest_twisted.ensureDeferred
-async def test_counter_ids_survive_awkward_entity_texts(firestore_stores, make_article):
-    store = firestore_stores(entity_counters=True, batch_window=0)
-    awkward = ["AC/DC", "__init__", ".", "..", "50%", "Zürich"]
-    entities = [{"text": text, "label": "ORG", "start": 0, "end": 1} for text in awkward]
-    assert await store.put(make_article(1, source="a/b", entities=entities)) is True
-    counters = await store.entity_counters("a/b")
-    assert sorted(counters) == sorted(awkward)
-    assert all(counter["count"] == 1 for counter in counters.values())
 
 
 @pytest_twisted.ensureDeferred
