@@ -1,6 +1,6 @@
 # The two commands a new user needs (see README.md): `make run` and `make test`.
 # Both set everything up first; scripts/bootstrap is idempotent and quick when nothing changed.
-.PHONY: run test check bench fuzz config-fuzz setup
+.PHONY: run test check bench fuzz config-fuzz scaleout setup
 
 CONFIG ?= conf/dev.yaml
 
@@ -25,3 +25,7 @@ fuzz: setup
 
 config-fuzz: setup
 	.venv/bin/python bench/config_fuzz.py --count $(or $(N),2000)
+
+# N worker hosts in network namespaces and CPU cgroups (needs root); SLEEP_MS=100 measures the path alone
+scaleout: setup
+	.venv/bin/python bench/scaleout.py --rounds $(or $(ROUNDS),3) $(if $(SLEEP_MS),--sleep-ms $(SLEEP_MS))

@@ -58,6 +58,7 @@ class PendingTable(PeriodicService):
         self.completed = 0
         self.reaped = 0
         self.cancelled = 0
+        self.unclaimed = 0
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -69,14 +70,15 @@ class PendingTable(PeriodicService):
             return deadline.at
         return self.clock.seconds() + self.timeout
 
-    def track(self, baton: Any, work: Deferred, deadline: Optional[float] = None) -> Deferred:
+    def track(self, baton: Any, work: Deferred, deadline: Optional[float] = None, key: Any = None) -> Deferred:
         """Enter *baton* as waiting on *work* until *deadline* (absolute, on the clock); return the work's result.
 
         Without *deadline*, :meth:`deadline_of` decides.  Cancelling the returned
         Deferred (a client disconnect) cancels *work* and removes the entry; so does
-        the reaper, after answering with the fallback.
+        the reaper, after answering with the fallback.  *key* names the entry for
+        :meth:`deliver` (remote work answered by a message); by default it is a number.
         """
-        key = next(self._keys)
+        key = next(self._keys) if key is None else key
         entry = PendingEntry(key, baton, work, self.clock.seconds(),
                              self.deadline_of(baton) if deadline is None else deadline)
         self.entries[key] = entry
@@ -101,6 +103,19 @@ class PendingTable(PeriodicService):
 
         work.addBoth(finished)
         return result
+
+    def deliver(self, key: Any, outcome: Any) -> bool:
+        """Complete the work of the entry named *key* with *outcome* (remote work's answer); False if none waits.
+
+        An answer that nobody waits for (its request was reaped, answered, or made by a daemon that has
+        restarted since) is counted as ``unclaimed`` and dropped.
+        """
+        entry = self.entries.get(key)
+        if entry is None or entry.work.called:
+            self.unclaimed += 1
+            return False
+        entry.work.callback(outcome)
+        return True
 
     def expired(self, now: Optional[float] = None) -> list[PendingEntry]:
         now = self.clock.seconds() if now is None else now
@@ -135,4 +150,5 @@ class PendingTable(PeriodicService):
             "completed": self.completed,
             "reaped": self.reaped,
             "cancelled": self.cancelled,
+            "unclaimed": self.unclaimed,
         }

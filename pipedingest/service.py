@@ -30,6 +30,7 @@ from typing import Optional
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
@@ -137,6 +138,7 @@ class IngestService(Service):
             if self.owns_process:
                 return None
             failure.raiseException()
+        yield self._until_nothing_is_missing()
         report = yield self.run_status_tests()
         if report is not None and not report.passed:
             self.status.set(FAILED, "startup status tests failed")
@@ -147,6 +149,20 @@ class IngestService(Service):
         self.status.set(READY)
         log.info("ready")
         return report
+
+    @inlineCallbacks
+    def _until_nothing_is_missing(self):
+        """Wait until no service waits for something outside (Redis): the status tests would only fail."""
+        said = None
+        while not self.graph.stopping:
+            missing = self.status.waiting_for()
+            if missing is None:
+                return
+            if missing != said:
+                log.warn("waiting before the status tests: {missing}", missing=missing)
+                said = missing
+            self.status.set(STARTING, f"waiting: {missing}")
+            yield deferLater(self.runtime.clock, 0.5, lambda: None)
 
     def run_status_tests(self):
         runner = self.status_tests

@@ -31,9 +31,19 @@ class DaemonStatus:
         self.report: Optional[Report] = None
         self.graph = None  # the ServiceGraph, once built
 
+    def waiting_for(self) -> Optional[str]:
+        """What a running service says keeps the daemon from being ready (Redis not answering), or None."""
+        for name, node in (self.graph.nodes.items() if self.graph else ()):
+            readiness = getattr(node.service, "readiness", None)
+            if callable(readiness) and node.service.running:
+                problem = readiness()
+                if problem:
+                    return f"{name}: {problem}"
+        return None
+
     @property
     def ready(self) -> bool:
-        return self.state == READY
+        return self.state == READY and self.waiting_for() is None
 
     def set(self, state: str, reason: str = "") -> None:
         self.state = state
@@ -69,7 +79,8 @@ class DaemonStatus:
             request.respond_json(200, {"alive": True,
                                        "uptime_seconds": round(self.clock.seconds() - self.started_at, 3)})
         elif endpoint == "ready":
-            body = {"ready": self.ready, "state": self.state, "reason": self.reason}
+            reason = self.reason if self.state != READY else (self.waiting_for() or "")
+            body = {"ready": self.ready, "state": self.state, "reason": reason}
             request.respond_json(200 if self.ready else 503, body, None if self.ready else {"retry-after": "1"})
         else:
             request.respond_json(200, self.as_json())

@@ -12,6 +12,7 @@ from pipedingest.config.errors import ConfigErrors
 from pipedingest.config.loader import load_config
 from pipedingest.service import build_daemon
 from tests.firestore_emulator import EmulatorUnavailable, FirestoreEmulator
+from tests.redis_server import RedisServer, RedisUnavailable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -123,3 +124,34 @@ def firestore(firestore_emulator):
     yield firestore_emulator
     if firestore_emulator.process is not None:
         firestore_emulator.resume()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """The session's redis-server on a free port (never 6379), with REDIS_URL set; gone at session end."""
+    server = RedisServer()
+    try:
+        server.start()
+    except RedisUnavailable as error:
+        server.discard()
+        pytest.fail(str(error), pytrace=False)
+    saved = os.environ.get("REDIS_URL")
+    os.environ["REDIS_URL"] = server.url
+    yield server
+    server.discard()
+    if saved is None:
+        os.environ.pop("REDIS_URL", None)
+    else:
+        os.environ["REDIS_URL"] = saved
+
+
+@pytest.fixture
+def redis(redis_server):
+    """The server, running (restarted if a test stopped or killed it), not paused, and flushed."""
+    if not redis_server.running:
+        redis_server.start()
+    redis_server.resume()
+    redis_server.flush()
+    yield redis_server
+    if redis_server.running:
+        redis_server.resume()

@@ -59,7 +59,7 @@ def test_completion_removes_the_entry(tmp_path):
     work.callback("result")
     assert results == ["result"]
     assert table.state() == {"pending": 0, "oldest_age_seconds": None, "timeout_seconds": 5,
-                                  "completed": 1, "reaped": 0, "cancelled": 0}
+                                  "completed": 1, "reaped": 0, "cancelled": 0, "unclaimed": 0}
 
 
 def test_a_failure_reaches_the_waiter_and_removes_the_entry(tmp_path):

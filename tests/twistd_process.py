@@ -28,7 +28,9 @@ class Daemon:
     def __init__(self, config: str, *overrides: str, cwd=None, env=None, port_key="web.main.port"):
         #: Sent by ``get_json`` when the site requires a token (its INGEST_TOKEN).
         self.token = (env or {}).get("INGEST_TOKEN")
-        args = [TWISTD, "--pidfile=", "-n", "ingest", "-c", config, "-O", f"{port_key}=0"]
+        args = [TWISTD, "--pidfile=", "-n", "ingest", "-c", config]
+        if port_key:  # None: a daemon without a site (a worker)
+            args += ["-O", f"{port_key}=0"]
         for override in overrides:
             args += ["-O", override]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -48,6 +50,14 @@ class Daemon:
                     self.port = int(match.group(1))
                     self._port.set()
         self._port.set()
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        """Wait until a line of the output contains *text* (polling the output, not sleeping for luck)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no line with {text!r}:\n{self.output[-5000:]}")
+            time.sleep(0.05)
 
     @property
     def output(self) -> str:

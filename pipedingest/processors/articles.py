@@ -131,7 +131,8 @@ class ExtractEntities(InputOutputProcessor):
     options = {"input_path": Option(str, "article", "where the article is"),
                "output_path": Option(str, "result", "where to put the result"),
                "pending": Option((str, type(None)), None, "the pending table to wait in"),
-               "deadline_path": Option(str, "deadline", "where the request's deadline is"),
+               "deadline_path": Option((str, type(None)), "deadline",
+                                       "where the request's deadline is (null: the pool's own deadline)"),
                "seconds_per_1000_words": Option(float, 0.5, "more time for long articles, per 1000 words",
                                                 minimum=0)}
 
@@ -147,7 +148,7 @@ class ExtractEntities(InputOutputProcessor):
         pool = self.pool.value
         body = article["body"]
         allowance = count_words(body) / 1000 * self.config["seconds_per_1000_words"]
-        deadline = get_path(baton, self.config["deadline_path"], None)
+        deadline = get_path(baton, self.config["deadline_path"], None) if self.config["deadline_path"] else None
         if isinstance(deadline, Deadline):
             deadline.extend_to(deadline.at + allowance)
             until = deadline.at

@@ -33,6 +33,7 @@ class WriteWebResponse(Processor):
         "content_type": Option((str, type(None)), None,
                                "defaults to application/json for JSON content, text/plain otherwise"),
         "headers": Option(dict, {}, "extra response headers", items=str),
+        "headers_path": Option((str, type(None)), None, "where more headers are, if they vary ({name: value})"),
         "fallback_content": Option(object, _ABSENT, "written when there is no content"),
     }
 
@@ -56,6 +57,9 @@ class WriteWebResponse(Processor):
         else:
             body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             content_type = content_type or "application/json"
-        if not request.respond(status, body, content_type or "text/plain; charset=utf-8", self.config["headers"]):
+        headers = self.config["headers"]
+        if self.config["headers_path"]:
+            headers = {**headers, **(get_path(baton, self.config["headers_path"], None) or {})}
+        if not request.respond(status, body, content_type or "text/plain; charset=utf-8", headers):
             log.debug("{request} was already answered; response dropped", request=request)
         return baton

@@ -55,6 +55,8 @@ SITE_OPTIONS = {
                             "Host names served (['*']: any); default: loopback names on a loopback interface",
                             items=str),
     "builtin_endpoints": Option(bool, True, "serve /health, /ready and /status"),
+    "debug": Option((dict, type(None)), None,
+                    "{allow: [client addresses]}: a 500 answered to these clients carries the traceback"),
     "routing": Option(dict, doc="the routing tree: path segments → {__config__: {processor: pipeline.x}}"),
 }
 ROUTE_OPTIONS = {
@@ -105,6 +107,7 @@ class WebProvider(Provider):
             builtin = frozenset(path for path in BUILTIN_ENDPOINTS if path not in tree.children)
         access = Access(interface, [t for t in tokens if isinstance(t, str)], hosts)
         resource = PipelineResource(name, tree, runtime.clock, settings["response_timeout"], status, builtin, access)
+        resource.debug_clients = _debug_clients(settings["debug"], spec, errors)
         site = PipelineSite(resource, settings["max_body_bytes"], settings["read_timeout"], settings["idle_timeout"])
         runtime.register(resource_name, SiteService(name, site, settings["port"], interface, runtime.reactor), where)
 
@@ -177,6 +180,21 @@ def _route(entry, pattern: str, runtime, errors: ErrorCollector, where, by: str)
             return None
         accepts = frozenset(accepts)
     return Route(reference, methods, pattern, accepts)
+
+
+def _debug_clients(debug, spec, errors) -> frozenset:
+    """The client addresses of ``debug: {allow: [...]}`` (``localhost`` meaning the loopback addresses)."""
+    if debug is None:
+        return frozenset()
+    allow = debug.get("allow") if isinstance(debug, dict) else None
+    if set(debug) - {"allow"} or not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+        errors.add("'debug' takes one key, 'allow', a list of client addresses", spec.where_of("debug"),
+                   "debug: {allow: [localhost]}")
+        return frozenset()
+    clients = set()
+    for address in allow:
+        clients |= {"127.0.0.1", "::1"} if address == "localhost" else {address}
+    return frozenset(clients)
 
 
 def _is_address(text: str) -> bool:

@@ -194,6 +194,8 @@ class PipelineResource(Resource):
         self.status = status  # a Reference to the DaemonStatus that serves the built-in endpoints
         self.builtin = builtin
         self.access = access or Access("127.0.0.1", allowed_hosts=["*"])
+        #: Client addresses whose 500 answers carry the traceback (the site's ``debug: {allow: [...]}``).
+        self.debug_clients: frozenset = frozenset()
         self.exchanges: set[Exchange] = set()
         self.idle = WhenIdle(lambda: not self.exchanges)
         self.draining = False
@@ -272,6 +274,8 @@ class PipelineResource(Resource):
             return None  # the client went away, or the request was answered by a reaper or the backstop
         status, error, headers = describe_failure(failure, f"in {exchange.route.pipeline.name} for "
                                                            f"{exchange.request}")
+        if status >= 500 and exchange.request.client in self.debug_clients:
+            error["traceback"] = failure.getTraceback()
         exchange.request.respond_json(status, {"error": error}, headers)
         return None
 

@@ -1,0 +1,1 @@
+"""Code that belongs to the shipped example configurations (conf/examples/)."""

@@ -1,0 +1,1 @@
+"""Status tests of conf/examples/euler-distributed (the Piped tutorial's distributed service)."""
