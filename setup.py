@@ -25,6 +25,7 @@ setup(
         "prometheus_client>=0.20",
         "tqdm>=4.66",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=24.9"]},
+    # The tests' and benchmarks' tools (pinned, with what only they pull, in requirements-dev.lock).
+    extras_require={"test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=24.9", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["ingest-load = pipedingest.load:main"]},
 )

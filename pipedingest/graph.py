@@ -221,6 +221,8 @@ class ServiceGraph:
                 return
 
     def _start(self, node: ServiceNode):
+        if node.state == RUNNING:
+            return None  # kept running from the configuration before a reload
         if self.stopping or any(self.nodes[name].state != RUNNING for name in node.needs):
             return None  # stopping already, or something it needs did not start: it stays waiting
         node.state = STARTING
@@ -242,13 +244,16 @@ class ServiceGraph:
     # -- stop ------------------------------------------------------------------------------------------------
 
     @inlineCallbacks
-    def stop(self):
-        """Stop every running service in order; fires True when all stopped cleanly."""
-        self.stopping = True
+    def stop(self, only: Optional[set] = None):
+        """Stop every running service in order (or only those named in *only*, as a reload does with the
+        services it replaced); fires True when all stopped cleanly."""
+        nodes = {name: node for name, node in self.nodes.items() if only is None or name in only}
+        if only is None:
+            self.stopping = True
         clean = [True]
-        sites = [node for node in self.nodes.values() if node.stage == SITE]
+        sites = [node for node in nodes.values() if node.stage == SITE]
         yield DeferredList([self._stop(node, clean) for node in sites])
-        rest = {name: node for name, node in self.nodes.items() if node.stage != SITE}
+        rest = {name: node for name, node in nodes.items() if node.stage != SITE}
         ended: dict = {}
 
         def end(node):

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pipedingest.deadline import Deadline
+from pipedingest.metrics import count, gauge
 from pipedingest.periodic import PeriodicService
 
 log = Logger()
@@ -152,3 +153,19 @@ class PendingTable(PeriodicService):
             "cancelled": self.cancelled,
             "unclaimed": self.unclaimed,
         }
+
+    def metrics(self) -> list:
+        """For /metrics: the entries now, the oldest one's age, and how entries left the table."""
+        state, table = self.state(), self.table
+        return [
+            gauge("pipedingest_pending_entries", "Requests waiting in the pending table", state["pending"],
+                  table=table),
+            gauge("pipedingest_pending_oldest_age_seconds", "Seconds the oldest entry has waited (0: none waits)",
+                  state["oldest_age_seconds"] or 0.0, table=table),
+            count("pipedingest_pending_completed", "Entries whose work completed", self.completed, table=table),
+            count("pipedingest_pending_reaped", "Entries answered by the reaper at their deadline", self.reaped,
+                  table=table),
+            count("pipedingest_pending_cancelled", "Entries whose client went away", self.cancelled, table=table),
+            count("pipedingest_pending_unclaimed", "Answers that arrived for no waiting entry", self.unclaimed,
+                  table=table),
+        ]

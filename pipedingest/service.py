@@ -28,7 +28,7 @@ import signal
 from typing import Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -41,6 +41,7 @@ from pipedingest.engine.runtime import Runtime
 from pipedingest.graph import DRAINING, ServiceGraph, StartFailed
 from pipedingest.providers.daemon import default_settings
 from pipedingest.providers.system_events import SystemEvent
+from pipedingest.reload import carry_over, checksum, mark_kept, replaced
 from pipedingest.status import FAILED, READY, STARTING, STOPPING, DaemonStatus
 from pipedingest.statustest.http import StatusClient
 
@@ -83,6 +84,13 @@ class IngestService(Service):
         #: Set by ``twistd ingest`` (not by --self-test or tests): the daemon owns the process, so it takes
         #: SIGTERM (a graceful stop exits 0), and ends the process with a status that says how it went.
         self.owns_process = False
+        #: The configuration file and ``-O`` overrides it was built from: what a reload reads again.
+        self.source: Optional[tuple[str, list]] = None
+        #: Seconds to wait for what services wait for (Redis, credentials) before the status tests; None: no
+        #: limit (a daemon stays not ready until then); ``--self-test`` sets one so that it always ends.
+        self.missing_limit: Optional[float] = None
+        self._reloading: Optional[Deferred] = None
+        self._reload_again = False
 
     # -- what the configuration defined ----------------------------------------------------------------
 
@@ -152,11 +160,19 @@ class IngestService(Service):
 
     @inlineCallbacks
     def _until_nothing_is_missing(self):
-        """Wait until no service waits for something outside (Redis): the status tests would only fail."""
+        """Wait until no service waits for something outside (Redis, credentials): the status tests would only
+        fail. A daemon waits as long as it takes (not ready meanwhile); ``--self-test`` at most
+        :attr:`missing_limit` seconds, then runs the tests, which fail saying what was missing."""
         said = None
+        clock = self.runtime.clock
+        give_up_at = None if self.missing_limit is None else clock.seconds() + self.missing_limit
         while not self.graph.stopping:
             missing = self.status.waiting_for()
             if missing is None:
+                return
+            if give_up_at is not None and clock.seconds() >= give_up_at:
+                log.error("still waiting after {seconds}s: {missing}; running the status tests anyway",
+                          seconds=self.missing_limit, missing=missing)
                 return
             if missing != said:
                 log.warn("waiting before the status tests: {missing}", missing=missing)
@@ -190,8 +206,13 @@ class IngestService(Service):
     # -- the process ------------------------------------------------------------------------------------------
 
     def _take_sigterm(self):
-        """Handle SIGTERM ourselves: twistd's own handler makes a graceful stop look like a death by signal."""
+        """Handle SIGTERM ourselves: twistd's own handler makes a graceful stop look like a death by signal.
+        SIGHUP reloads the configuration (without a handler, it would end the process)."""
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self, signum, frame):
+        self.runtime.reactor.callFromThread(self.reload)
 
     def _on_sigterm(self, signum, frame):
         log.info("SIGTERM received: stopping gracefully (at most {seconds}s)", seconds=self.shutdown_timeout)
@@ -206,6 +227,100 @@ class IngestService(Service):
     def _exit_after_stop(self, status: int):
         # twistd has no way to set its exit status: leave with it once the reactor has stopped.
         self.runtime.reactor.addSystemEventTrigger("after", "shutdown", os._exit, status)
+
+    # -- reload --------------------------------------------------------------------------------------------------
+
+    def reload(self) -> Deferred:
+        """Read the configuration again and apply it (see :mod:`pipedingest.reload`); fires with the outcome:
+        ``"applied"``, ``"rejected"`` (it has errors: the running one stays), ``"failed"`` (a new service did
+        not start: the running one stays) or ``"ignored"`` (starting or stopping). A reload asked for while
+        one runs happens once that one is over, so the last file written is the one loaded."""
+        if self.source is None or self.stopped is not None or self.status.state == STARTING:
+            log.warn("not reloading the configuration: the daemon is {state}", state=self.status.state)
+            return maybeDeferred(lambda: "ignored")
+        if self._reloading is not None:
+            log.info("reload asked for while one runs: reloading again once it is over")
+            self._reload_again = True
+            return self._reloading
+        self._reloading = self._reload().addErrback(self._reload_broke)
+
+        def over(outcome):
+            self._reloading = None
+            if self._reload_again and self.stopped is None:
+                self._reload_again = False
+                return self.reload()
+            return outcome
+
+        return self._reloading.addBoth(over)
+
+    def _reload_broke(self, failure) -> str:
+        log.failure("reloading the configuration failed", failure)
+        self.status.reloaded("failed", self.runtime.clock.seconds(), [failure.getErrorMessage()])
+        return "failed"
+
+    @inlineCallbacks
+    def _reload(self):
+        from pipedingest.config.errors import ConfigErrors
+        from pipedingest.config.loader import load_config
+
+        path, overrides = self.source
+        clock = self.runtime.clock
+        log.info("reloading the configuration from {path}", path=path)
+        try:
+            config = load_config(path, overrides)
+            runtime, graph, carried = build_configuration(config, self.runtime.reactor, clock, previous=self)
+        except ConfigErrors as errors:
+            for error in errors.errors:
+                log.error("reload: {error}", error=error.render())
+            count = len(errors.errors)
+            log.error("{path} has {count} configuration error{s}; still running the configuration loaded before",
+                      path=path, count=count, s="s" if count != 1 else "")
+            self.status.reloaded("rejected", clock.seconds(), [error.render() for error in errors.errors])
+            return "rejected"
+        old_graph = self.graph
+        leaving = replaced(old_graph, carried)
+        exclusive = {name for name in leaving if getattr(old_graph.nodes[name].service, "exclusive", False)}
+        if exclusive:
+            yield old_graph.stop(only=exclusive)
+        try:
+            yield graph.start()
+        except StartFailed as failed:
+            log.failure("reload: a service of the new configuration did not start; keeping the running one",
+                        failed.failure)
+            yield graph.stop(only={name for name in graph.nodes if name not in carried.kept})
+            self.status.reloaded("failed", clock.seconds(), [str(failed)])
+            return "failed"
+        if self.stopped is not None:  # SIGTERM while the new services started: the stop has the old graph
+            yield graph.stop(only={name for name in graph.nodes if name not in carried.kept})
+            return "ignored"
+        retired = [self.graph.nodes[name].service.adopt(newer) for name, newer in carried.adopting.items()]
+        for ref in carried.references:
+            if ref.name in runtime.resources:
+                ref.resolve(runtime.resources[ref.name])
+        self.runtime, self.graph, self.status.graph = runtime, graph, graph
+        settings = runtime.resources.get("daemon.settings") or default_settings()
+        self.shutdown_timeout = settings["shutdown_timeout"]
+        self.status.loaded(checksum(config), clock.seconds())
+        self.status.reloaded("applied", clock.seconds(), [])
+        kept = sorted(carried.kept)
+        log.info("configuration reloaded: kept {kept}; replaced {replaced}", kept=", ".join(kept) or "nothing",
+                 replaced=", ".join(sorted(leaving)) or "nothing")
+        # The requests accepted before the swap finish on the old pipelines and the services they use.
+        yield DeferredList([resource.idle.wait() for resource in retired])
+        yield old_graph.stop(only=leaving - exclusive)
+        if self.stopped is not None:
+            return "applied"
+        if self.status.waiting_for() is not None:
+            yield self._until_nothing_is_missing()
+        report = yield self.run_status_tests()
+        if report is not None and not report.passed:
+            self.status.set(FAILED, "status tests failed after a reload")
+            log.error("status tests FAILED after the reload; /ready answers 503\n{report}", report=report.render())
+        elif self.status.state != STOPPING:
+            if report is not None:
+                log.info("status tests passed after the reload\n{report}", report=report.render())
+            self.status.set(READY)
+        return "applied"
 
     # -- stop ----------------------------------------------------------------------------------------------------
 
@@ -241,6 +356,8 @@ class IngestService(Service):
             except Exception:
                 log.failure("shutdown event {name!r} failed", name=event.name)
         clean = yield self.graph.stop()
+        if self._reloading is not None:  # it stops what it started, or what it replaced, itself
+            yield self._reloading
         return clean
 
     def _cut(self, result: Deferred):
@@ -274,8 +391,20 @@ class IngestService(Service):
 
 def build_daemon(config: LocatedDict, reactor=None, clock=None) -> IngestService:
     """Check *config* and build the daemon; raise ConfigErrors listing every problem."""
+    runtime, graph, _ = build_configuration(config, reactor, clock)
+    daemon = IngestService(runtime, graph, runtime.resources["daemon.status"])
+    daemon.status.loaded(checksum(config), runtime.clock.seconds())
+    return daemon
+
+
+def build_configuration(config: LocatedDict, reactor=None, clock=None, previous: Optional[IngestService] = None):
+    """Check *config* and build its resources and service graph: ``(runtime, graph, carried)``.
+
+    With *previous*, the running daemon, it is a reload: what it keeps of the running configuration is
+    decided and substituted before the references are resolved (see :mod:`pipedingest.reload`).
+    """
     runtime = Runtime(reactor, clock)
-    status = DaemonStatus(runtime.clock)
+    status = previous.status if previous is not None else DaemonStatus(runtime.clock)
     runtime.register("daemon.status", status, config.where)
     providers = load_providers()
     for section in config:
@@ -286,7 +415,12 @@ def build_daemon(config: LocatedDict, reactor=None, clock=None) -> IngestService
         value = config.get(provider.section)
         where = config.where_of(provider.section) if provider.section in config else config.where
         provider.configure(value, where, runtime)
+    carried = None
+    if previous is not None and not runtime.errors:
+        carried = carry_over(previous.runtime, previous.graph, runtime)
     runtime.resolve()
     graph = ServiceGraph.of(runtime)
     runtime.errors.raise_if_any()
-    return IngestService(runtime, graph, status)
+    if carried is not None:
+        mark_kept(graph, carried)
+    return runtime, graph, carried

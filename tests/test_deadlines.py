@@ -94,7 +94,9 @@ async def test_a_request_answered_by_the_reaper_leaves_no_timer(daemons, clock):
     clock.advance(1)
     response = await held
     assert response.code == 504
-    assert json.loads(await response.content()) == {"error": {"status": 504, "message": "gave up waiting"}}
+    request_id = response.headers.getRawHeaders("x-request-id")[0]
+    assert json.loads(await response.content()) == {
+        "error": {"status": 504, "message": "gave up waiting", "request_id": request_id}}
     assert len(table) == 0 and table.reaped == 1
     await until(lambda: not daemon.sites["site"].resource.exchanges, what="the exchange is over")
     assert request_timers(clock) == []

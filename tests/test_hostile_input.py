@@ -47,6 +47,13 @@ def status_and_json(answer: bytes) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body)
 
 
+def request_id_of(answer: bytes) -> str:
+    """The X-Request-Id header of a raw answer (every answer has one, early ones too)."""
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1")
+    return next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                if line.lower().startswith("x-request-id:"))
+
+
 async def post(daemon, path, body: bytes, headers=JSON):
     response = await treq.post(url(daemon, path), body, headers=headers)
     return response.code, json.loads(await response.content())
@@ -152,7 +159,8 @@ async def test_http_edges_get_json_answers_at_once(daemons):
            b"Content-Length: 99999999999\r\n\r\n{"
     took, answer = await threads.deferToThread(exchange, port, huge)
     assert status_and_json(answer) == (413, {"error": {"status": 413, "message": "request body too large",
-                                                       "limit_bytes": 2097152}})
+                                                       "limit_bytes": 2097152,
+                                                       "request_id": request_id_of(answer)}})
     slow = (b"POST /articles HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             b"Content-Length: 50\r\n\r\n{")
     took, answer = await threads.deferToThread(exchange, port, slow)
@@ -163,7 +171,8 @@ async def test_http_edges_get_json_answers_at_once(daemons):
     for malformed in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
                       b"POST /articles HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
         took, answer = await threads.deferToThread(exchange, port, malformed)
-        assert status_and_json(answer) == (400, {"error": {"status": 400, "message": "malformed HTTP request"}})
+        assert status_and_json(answer) == (400, {"error": {"status": 400, "message": "malformed HTTP request",
+                                                           "request_id": request_id_of(answer)}})
     response = await treq.get(url(daemon, "/health"))
     assert response.code == 200
 

@@ -107,7 +107,9 @@ async def test_the_reaper_in_real_time_over_http(daemons):
     response = await treq.get(url(daemon, "/hold"))
     waited = reactor.seconds() - started
     assert response.code == 504
-    assert json.loads(await response.content()) == {"error": {"status": 504, "message": "gave up waiting"}}
+    request_id = response.headers.getRawHeaders("x-request-id")[0]
+    assert json.loads(await response.content()) == {
+        "error": {"status": 504, "message": "gave up waiting", "request_id": request_id}}
     assert 0.3 <= waited < 5
     table = daemon.runtime.get("pending.work")
     assert table.state()["pending"] == 0 and table.state()["reaped"] == 1

@@ -88,6 +88,8 @@ def test_slow_clients_are_timed_out_and_hurt_nobody(tmp_path):
         timed_out = [data for data in answers.values() if data and data.startswith(b"HTTP/1.1 408 ")]
         assert len(timed_out) == SLOW, {repr(data)[:80] for data in answers.values()}
         body = json.loads(timed_out[0].partition(b"\r\n\r\n")[2])
+        request_id = body["error"].pop("request_id")
+        assert f"\r\nx-request-id: {request_id}\r\n".encode() in timed_out[0].partition(b"\r\n\r\n")[0]
         assert body == {"error": {"status": 408, "message": f"the request was not received within {READ_TIMEOUT}s",
                                   "timeout_seconds": float(READ_TIMEOUT)}}
         deadline = time.monotonic() + 30

@@ -25,10 +25,10 @@ def twistd(*args, timeout=120, cwd=None, env=None):
 class Daemon:
     """``twistd -n ingest -c CONFIG`` in the background; its output is read as it comes."""
 
-    def __init__(self, config: str, *overrides: str, cwd=None, env=None, port_key="web.main.port"):
+    def __init__(self, config: str, *overrides: str, cwd=None, env=None, port_key="web.main.port", ingest_args=()):
         #: Sent by ``get_json`` when the site requires a token (its INGEST_TOKEN).
         self.token = (env or {}).get("INGEST_TOKEN")
-        args = [TWISTD, "--pidfile=", "-n", "ingest", "-c", config]
+        args = [TWISTD, "--pidfile=", "-n", "ingest", "-c", config, *ingest_args]
         if port_key:  # None: a daemon without a site (a worker)
             args += ["-O", f"{port_key}=0"]
         for override in overrides:

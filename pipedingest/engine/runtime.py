@@ -16,6 +16,7 @@ follows (see :mod:`pipedingest.graph`).
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from typing import Any, Iterator, Optional
 
@@ -67,17 +68,23 @@ class Runtime:
         self.resources: dict[str, Any] = {}
         self.definitions: dict[str, Location] = {}
         self.references: list[Reference] = []
+        #: What each service was built from, as canonical text: a reload keeps a service running when this is
+        #: unchanged (see :mod:`pipedingest.reload`); a service registered without it is always replaced.
+        self.settings: dict[str, str] = {}
         #: Names whose definition was wrong (and reported): a reference to one of them is a consequence.
         self.failed: set[str] = set()
         self._owner: Optional[str] = None
 
-    def register(self, name: str, value: Any, where: Optional[Location] = None) -> None:
+    def register(self, name: str, value: Any, where: Optional[Location] = None, settings: Any = None) -> None:
+        """Name *value*; *settings* (plain data) is what a service was built from, for reloads."""
         if name in self.resources:
             first = self.definitions.get(name)
             self.errors.add(f"{name!r} is defined twice", where, f"first defined at {first}" if first else "")
             return
         self.resources[name] = value
         self.definitions[name] = where
+        if settings is not None:
+            self.settings[name] = json.dumps(settings, sort_keys=True, default=repr)
 
     def definition_failed(self, name: str) -> None:
         """The definition of *name* (or of every ``name.*``: ``pipeline.web``, ``store``) was wrong.

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from pipedingest.article import count_words
 from pipedingest.idle import WhenIdle
+from pipedingest.metrics import count, gauge, gauges, histogram, reported, resident_bytes
 from pipedingest.ner.child import ChildSettings
 from pipedingest.ner.children import BUSY, IDLE, STARTING, STOPPING, Child, ChildStarter, child_environment
 from pipedingest.ner.commands import ExtractEntities
@@ -151,6 +152,10 @@ class NERPool(service.Service):
         self._words_per_second = None
         self._failed_starts = 0
         self._counts = collections.Counter()
+        self._extraction_seconds = histogram(
+            "pipedingest_ner_extraction_seconds",
+            "Seconds from an article's arrival in the pool to its entities, queueing included")
+        self._batch_seconds = histogram("pipedingest_ner_batch_seconds", "Seconds a child took for one batch")
 
     # -- the service ------------------------------------------------------------------------------------------
 
@@ -407,15 +412,19 @@ class NERPool(service.Service):
         if len(results) != len(batch.articles) or not all(isinstance(found["entities"], list) for found in results):
             raise ValueError(f"the answer does not fit the batch: {len(results)} results for {len(batch.articles)} "
                              f"texts, or entities that are not lists")
-        elapsed = self.clock.seconds() - batch.sent_at
+        now = self.clock.seconds()
+        elapsed = now - batch.sent_at
+        self._batch_seconds.observe(max(0.0, elapsed))
         if elapsed > 0:
             speed = batch.words / elapsed
             self._words_per_second = speed if self._words_per_second is None else (
                 0.8 * self._words_per_second + 0.2 * speed
             )
         self._counts["articles"] += len(batch.articles)
+        self._counts["words"] += batch.words
         for article, found in zip(batch.articles, results):
             if article.waiting:
+                self._extraction_seconds.observe(max(0.0, now - article.queued_at))
                 model = {"name": self.model["name"], "version": self.model["version"]}
                 self._answer(article, {"entities": found["entities"], "model": model})
 
@@ -594,8 +603,8 @@ class NERPool(service.Service):
                 "articles": sum(len(batch.articles) for batch in self._in_flight),
             },
             **{name: counts[name] for name in (
-                "batches", "articles", "restarts", "crashes", "timeouts", "poisoned", "recycled", "overloaded",
-                "cancelled", "killed", "failed", "retried", "pruned", "invalid",
+                "batches", "articles", "words", "restarts", "crashes", "timeouts", "poisoned", "recycled",
+                "overloaded", "cancelled", "killed", "failed", "retried", "pruned", "invalid",
             )},
             "child_words_per_second": round(self._words_per_second or 0.0, 1),
             "model": self.model,
@@ -611,3 +620,45 @@ class NERPool(service.Service):
                 for child in processes
             ],
         }
+
+    def metrics(self) -> list:
+        """For /metrics: the pool now (children, queue, each child's memory), its counts, its histograms."""
+        state = self.state()
+        families = [
+            gauge("pipedingest_ner_children", "NER child processes alive (or loading), not asked to stop",
+                  state["children"]),
+            gauge("pipedingest_ner_children_busy", "NER children working on a batch", state["busy"]),
+            gauge("pipedingest_ner_queued_articles", "Articles waiting for a child", state["queued"]["articles"]),
+            gauge("pipedingest_ner_queued_words", "Words of the articles waiting for a child",
+                  state["queued"]["words"]),
+            gauge("pipedingest_ner_in_flight_articles", "Articles in batches that children are working on",
+                  state["in_flight"]["articles"]),
+            *(count(name, documentation, self._counts[key]) for key, name, documentation in NER_COUNTS),
+        ]
+        rss = {child.pid: resident_bytes(child.pid) for child in self.children if child.pid and not child.exited}
+        memory = gauges("pipedingest_ner_child_resident_memory_bytes",
+                        "Resident memory of each NER child (VmRSS of /proc/<pid>/status)", ["pid"],
+                        [((pid,), size) for pid, size in sorted(rss.items()) if size is not None])
+        return [*families, memory, *reported((self._extraction_seconds, self._batch_seconds))]
+
+
+#: The pool's counts as counters: (its key in ``state()``, the metric, what it counts).
+NER_COUNTS = (
+    ("articles", "pipedingest_ner_articles_extracted", "Articles whose entities a child found"),
+    ("words", "pipedingest_ner_words_extracted", "Words (runs of non-whitespace) of the articles extracted"),
+    ("batches", "pipedingest_ner_batches", "Batches sent to children"),
+    ("restarts", "pipedingest_ner_child_restarts", "Children that died unasked and were replaced"),
+    ("crashes", "pipedingest_ner_child_crashes", "Batches whose child died while working on them"),
+    ("killed", "pipedingest_ner_deadline_kills",
+     "Children killed because their batch overran every deadline in it"),
+    ("recycled", "pipedingest_ner_child_recycles",
+     "Children replaced after recycle_after_tasks batches or past recycle_rss_mb"),
+    ("pruned", "pipedingest_ner_child_prunes", "Extra children stopped after staying idle"),
+    ("timeouts", "pipedingest_ner_timeouts", "Articles failed at their deadline"),
+    ("retried", "pipedingest_ner_retried", "Articles retried alone after their child died"),
+    ("poisoned", "pipedingest_ner_poisoned", "Articles that took a child down twice (422)"),
+    ("overloaded", "pipedingest_ner_overloaded", "Articles refused because too much was queued (503)"),
+    ("invalid", "pipedingest_ner_invalid", "Texts refused because they cannot be encoded as UTF-8"),
+    ("cancelled", "pipedingest_ner_cancelled", "Articles whose caller stopped waiting (a client went away)"),
+    ("failed", "pipedingest_ner_failed_batches", "Batches that failed for another reason than a child's death"),
+)

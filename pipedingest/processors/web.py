@@ -14,6 +14,15 @@ log = Logger()
 _ABSENT = object()
 
 
+def _with_request_id(content, request):
+    """An error written by a pipeline (``{"error": {...}}``) carries the request's id, as the site's own do."""
+    error = content.get("error") if isinstance(content, dict) else None
+    request_id = getattr(request, "request_id", None)
+    if not isinstance(error, dict) or request_id is None or "request_id" in error:
+        return content
+    return {**content, "error": {**error, "request_id": request_id}}
+
+
 @provider(IPlugin, IProcessor)
 class WriteWebResponse(Processor):
     """Write the content at ``input_path`` as the response to the request at ``request_path``.
@@ -55,6 +64,8 @@ class WriteWebResponse(Processor):
             if content_type is None and content[:1] in ("{", "["):
                 content_type = "application/json"
         else:
+            if status >= 400:
+                content = _with_request_id(content, request)
             body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             content_type = content_type or "application/json"
         headers = self.config["headers"]

@@ -74,7 +74,7 @@ class NERProvider(Provider):
         except (NERError, ValueError) as exc:
             runtime.errors.add(str(exc), value.where_of("model") if "model" in value else where)
             return
-        runtime.register("ner.pool", pool, where)
+        runtime.register("ner.pool", pool, where, settings=settings)
 
 
 provider = NERProvider()

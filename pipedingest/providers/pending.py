@@ -43,7 +43,7 @@ class PendingProvider(Provider):
             fallback = runtime.pipeline_reference(settings["fallback"], spec.where_of("fallback"),
                                                   by=f"pending.{name}")
         table = PendingTable(name, runtime.clock, settings["timeout"], settings["reap_interval"], fallback)
-        runtime.register(f"pending.{name}", table, where)
+        runtime.register(f"pending.{name}", table, where, settings=settings)
 
 
 provider = PendingProvider()

@@ -85,7 +85,8 @@ class RedisProvider(Provider):
             return
         node = settings["node"] or default_node()
         client = RedisClient(url, node, runtime.clock, settings["command_timeout"], settings["connect_timeout"])
-        runtime.register("redis.client", client, where)
+        connection = {key: value for key, value in settings.items() if key != "streams"}
+        runtime.register("redis.client", client, where, settings=dict(connection, url=url, node=node))
         streams = settings["streams"]
         for name, spec in streams.items():
             self._stream(str(name), spec, streams.where_of(name), runtime, node)
@@ -137,7 +138,7 @@ class RedisProvider(Provider):
         consumer = StreamConsumer(stream, pipeline, runtime.clock, settings["concurrency"], settings["block"],
                                   settings["claim_idle"], settings["max_deliveries"], dead_letter,
                                   reactor=runtime.reactor)
-        runtime.register(consumer_name, consumer, where)
+        runtime.register(consumer_name, consumer, where, settings=dict(settings, key=stream.key))
 
 
 provider = RedisProvider()

@@ -13,7 +13,9 @@
         path: var/articles.sqlite
         table: statustest_articles
 
-Firestore takes ``project`` (default ``$GOOGLE_CLOUD_PROJECT``), ``collection``,
+Firestore takes ``project`` (default ``$GOOGLE_CLOUD_PROJECT``, else the project of the
+Application Default Credentials, found when the store starts), ``database`` (default
+``(default)``), ``collection``,
 ``entity_counters``, ``counters_collection``, ``counter_shards``, ``counter_subshards``,
 ``max_field_transforms``, ``threads``, ``batch_window``,
 ``max_batch_writes``, ``max_batch_bytes``, ``max_concurrent_commits``,
@@ -21,8 +23,6 @@ Firestore takes ``project`` (default ``$GOOGLE_CLOUD_PROJECT``), ``collection``,
 ``max_document_bytes``; it honours ``FIRESTORE_EMULATOR_HOST``.
 """
 from __future__ import annotations
-
-import os
 
 from twisted.plugin import IPlugin
 from zope.interface import implementer
@@ -34,6 +34,9 @@ KIND = Option(str, doc="sqlite or firestore", choices=("sqlite", "firestore"))
 MAX_DOCUMENT = Option(int, 1_048_576, "larger documents are refused (413); Firestore's limit is 1 MiB", minimum=1)
 #: What Firestore accepts as a collection id.
 COLLECTION_ID = (r"(?!\.\.?$)(?!__.*__$)[^/\x00]{1,1500}", "a collection id (no '/', not '.', '..' or __x__)")
+#: What Firestore accepts as a database id (the store checks the same: ``store.firestore.DATABASE_ID``).
+DATABASE_ID = (r"\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9]",
+               "'(default)' or a database id (4 to 63 lowercase letters, digits and hyphens, starting with a letter)")
 KINDS = {
     "sqlite": {
         "kind": KIND,
@@ -45,7 +48,10 @@ KINDS = {
     },
     "firestore": {
         "kind": KIND,
-        "project": Option((str, type(None)), None, "the Google Cloud project (default $GOOGLE_CLOUD_PROJECT)"),
+        "project": Option((str, type(None)), None, "the Google Cloud project (default $GOOGLE_CLOUD_PROJECT, "
+                           "else the project of the Application Default Credentials)"),
+        "database": Option(str, "(default)", "the Firestore database: (default) or a named database",
+                           pattern=DATABASE_ID),
         "collection": Option(str, "articles", "the articles collection", pattern=COLLECTION_ID),
         "entity_counters": Option(bool, False, "keep per-source entity counters (sharded documents)"),
         "counters_collection": Option(str, "sources", "the counters' top collection", pattern=COLLECTION_ID),
@@ -95,10 +101,11 @@ class StoresProvider(Provider):
 
     def configure_entry(self, name, settings, spec, where, runtime) -> None:
         kind = settings.pop("kind")
+        built_from = dict(settings, kind=kind)
         store = self._build(kind, settings, runtime, where)
         if store is not None:
             store.setName(f"store.{name}")
-            runtime.register(f"store.{name}", store, where)
+            runtime.register(f"store.{name}", store, where, settings=built_from)
 
     @staticmethod
     def _build(kind, settings, runtime, where):
@@ -109,10 +116,6 @@ class StoresProvider(Provider):
                 return SQLiteStore(reactor=runtime.reactor, clock=runtime.clock, **settings)
             from pipedingest.store.firestore import FirestoreStore
 
-            if not (settings["project"] or os.environ.get("GOOGLE_CLOUD_PROJECT")):
-                runtime.errors.add("the firestore store has no project", where,
-                                   "set 'project', or GOOGLE_CLOUD_PROJECT in the environment")
-                return None
             return FirestoreStore(reactor=runtime.reactor, clock=runtime.clock, **settings)
         except ValueError as exc:
             runtime.errors.add(str(exc), where)

@@ -70,7 +70,7 @@ class TicksProvider(Provider):
                 continue
             service = TickService(name, settings["interval"], reference, runtime.clock,
                                   settings["auto_start"], settings["run_at_start"])
-            runtime.register(f"tick.{name}", service, ticks.where_of(name))
+            runtime.register(f"tick.{name}", service, ticks.where_of(name), settings=settings)
 
 
 provider = TicksProvider()

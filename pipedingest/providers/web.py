@@ -12,6 +12,7 @@
         idle_timeout: 60           # idle keep-alive connections are closed after this
         tokens: ["${INGEST_TOKEN}"]   # optional: require Authorization: Bearer <token> (not on /health, /ready)
         allowed_hosts: [localhost]    # optional: Host names served (default on loopback: loopback names)
+        metrics: true              # serve GET /metrics (Prometheus text; behind the tokens, like /status)
         routing:
           __config__: {processor: pipeline.web.compute}
           articles:
@@ -22,8 +23,11 @@
               __config__: {processor: pipeline.web.articles.get, methods: [GET]}
 
 Every site also answers ``/health``, ``/ready`` and ``/status`` unless its
-routing defines those paths itself.  Registered as ``site.<name>``, a service that
-needs every pipeline its routes name (and so what their steps use).
+routing defines those paths itself; with ``metrics: true`` it serves the whole
+daemon's metrics at ``/metrics`` (see :mod:`pipedingest.metrics`; the daemon's one
+``daemon.metrics`` is made for the first site that asks).  Registered as
+``site.<name>``, a service that needs every pipeline its routes name (and so what
+their steps use).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from zope.interface import implementer
 from pipedingest.config.errors import ErrorCollector
 from pipedingest.config.loader import LocatedDict, LocatedList
 from pipedingest.config.schema import Option, check_section
+from pipedingest.metrics import DaemonMetrics
 from pipedingest.providers.base import IProvider, Provider
 from pipedingest.status import BUILTIN_ENDPOINTS
 from pipedingest.web.access import Access
@@ -55,6 +60,8 @@ SITE_OPTIONS = {
                             "Host names served (['*']: any); default: loopback names on a loopback interface",
                             items=str),
     "builtin_endpoints": Option(bool, True, "serve /health, /ready and /status"),
+    "metrics": Option(bool, False, "serve GET /metrics: the daemon's metrics in Prometheus text (behind the "
+                                   "site's tokens and allowed_hosts, like /status)"),
     "debug": Option((dict, type(None)), None,
                     "{allow: [client addresses]}: a 500 answered to these clients carries the traceback"),
     "routing": Option(dict, doc="the routing tree: path segments → {__config__: {processor: pipeline.x}}"),
@@ -105,11 +112,21 @@ class WebProvider(Provider):
         if settings["builtin_endpoints"]:
             status = runtime.reference("daemon.status", where, by=resource_name)
             builtin = frozenset(path for path in BUILTIN_ENDPOINTS if path not in tree.children)
+        if settings["metrics"]:
+            if "metrics" in tree.children:
+                errors.add(f"web site {name!r} serves /metrics (metrics: true) and its routing defines it too",
+                           spec.where_of("metrics"), "remove the 'metrics' route, or set metrics: false")
+            builtin |= {"metrics"}
         access = Access(interface, [t for t in tokens if isinstance(t, str)], hosts)
         resource = PipelineResource(name, tree, runtime.clock, settings["response_timeout"], status, builtin, access)
         resource.debug_clients = _debug_clients(settings["debug"], spec, errors)
+        resource.metrics = _daemon_metrics(runtime, where) if settings["metrics"] else None
         site = PipelineSite(resource, settings["max_body_bytes"], settings["read_timeout"], settings["idle_timeout"])
-        runtime.register(resource_name, SiteService(name, site, settings["port"], interface, runtime.reactor), where)
+        # What it listens on: a reload keeps the site (its port, its connections) while these stay the same,
+        # and gives it the new routes and settings (SiteService.adopt).
+        listening = {"port": settings["port"], "interface": interface}
+        runtime.register(resource_name, SiteService(name, site, settings["port"], interface, runtime.reactor), where,
+                         settings=listening)
 
 
 def build_routes(node: LocatedDict, tree: RouteNode, prefix: str, runtime, errors: ErrorCollector, by: str) -> None:
@@ -180,6 +197,15 @@ def _route(entry, pattern: str, runtime, errors: ErrorCollector, where, by: str)
             return None
         accepts = frozenset(accepts)
     return Route(reference, methods, pattern, accepts)
+
+
+def _daemon_metrics(runtime, where) -> DaemonMetrics:
+    """The daemon's one :class:`DaemonMetrics` (``daemon.metrics``), made for the first site that serves it."""
+    metrics = runtime.resources.get("daemon.metrics")
+    if metrics is None:
+        metrics = DaemonMetrics(runtime.get("daemon.status"))
+        runtime.register("daemon.metrics", metrics, where)
+    return metrics
 
 
 def _debug_clients(debug, spec, errors) -> frozenset:

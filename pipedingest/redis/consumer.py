@@ -31,6 +31,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from pipedingest.idle import WhenIdle
+from pipedingest.metrics import count, gauge
 from pipedingest.redis.client import RedisClient, RedisError, RedisUnavailable
 from pipedingest.redis.streams import DATA, Entry, Stream, entry_from, parse_entries
 
@@ -44,6 +45,10 @@ OBSERVE_EVERY = 2.0
 
 class StreamConsumer(Service):
     """Feeds the entries of one stream to a pipeline; registered as ``redis.consumer.<name>``."""
+
+    #: A reload that replaces it stops it before its successor starts: under one consumer name, the
+    #: successor's first read (its own pending entries) would take the entries this one is working on.
+    exclusive = True
 
     def __init__(self, stream: Stream, pipeline, clock, concurrency: int = 8, block: float = 1.0,
                  claim_idle: float = 30.0, max_deliveries: int = 3, dead_letter=None, reactor=None):
@@ -314,6 +319,42 @@ class StreamConsumer(Service):
         return {"stream": self.stream.name, "key": self.stream.key, "group": self.stream.group,
                 "consumer": self.consumer if self.running else None, "in_progress": len(self.in_progress),
                 "concurrency": self.concurrency, **self._counts, "redis": self.observed}
+
+    def metrics(self) -> list:
+        """For /metrics: this consumer's runs, and its stream as Redis showed it at the last look (every few
+        seconds; what Redis did not give, such as the lag of a broadcast stream, has no sample)."""
+        stream, observed, counts = self.stream.name, self.observed, self._counts
+        families = [gauge("pipedingest_redis_entries_in_progress", "Entries this consumer is running now",
+                          len(self.in_progress), stream=stream)]
+        for key, name, documentation in CONSUMER_COUNTS:
+            families.append(count(name, documentation, counts[key], stream=stream))
+        for key, name, documentation in STREAM_GAUGES:
+            value = observed.get(key)
+            if value is None and key == "oldest_pending_age_seconds" and key in observed:
+                value = 0.0  # looked, and nothing was pending
+            families.append(gauge(name, documentation, value if isinstance(value, (int, float)) else None,
+                                  stream=stream))
+        return families
+
+
+#: The consumer's counts as counters: (its key in ``state()``, the metric, what it counts).
+CONSUMER_COUNTS = (
+    ("done", "pipedingest_redis_entries_done", "Entries whose pipeline finished (then acknowledged)"),
+    ("failed", "pipedingest_redis_entries_failed", "Entries whose pipeline failed (left pending, claimed again)"),
+    ("reclaimed", "pipedingest_redis_entries_reclaimed", "Entries taken over from a consumer that left them idle"),
+    ("dead", "pipedingest_redis_entries_dead_lettered",
+     "Entries given up after max_deliveries and moved to the dead-letter stream"),
+)
+#: What the last look at the stream found: (its key in ``state()["redis"]``, the metric, what it is).
+STREAM_GAUGES = (
+    ("length", "pipedingest_redis_stream_length", "Entries in the stream (XLEN)"),
+    ("lag", "pipedingest_redis_stream_lag", "Entries in the stream not yet delivered to the group"),
+    ("pending", "pipedingest_redis_stream_pending", "Entries delivered to the group and not yet acknowledged"),
+    ("oldest_pending_age_seconds", "pipedingest_redis_stream_oldest_pending_age_seconds",
+     "Age of the oldest entry delivered and not yet acknowledged"),
+    ("consumers", "pipedingest_redis_stream_consumers", "Consumers in the group"),
+    ("dead_letters", "pipedingest_redis_stream_dead_letters", "Entries in the dead-letter stream (<key>:dead)"),
+)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

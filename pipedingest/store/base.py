@@ -40,6 +40,7 @@ from zope.interface import Attribute
 
 from pipedingest.article import MAX_DISTINCT_ENTITIES, ArticleError, check_document
 from pipedingest.idle import WhenIdle
+from pipedingest.metrics import COMMIT_BUCKETS, count, counts, gauge, histogram, reported
 
 #: Firestore's limit on one document, the default limit for every store.
 MAX_DOCUMENT_BYTES = 1_048_576
@@ -244,6 +245,9 @@ class ThreadedStore(Service):
         self._busy = 0
         self._idle = WhenIdle(lambda: not self._busy)
         self._stats = {"errors": 0}
+        self._commit_seconds = histogram("pipedingest_store_commit_seconds",
+                                         "Seconds one commit took, from being handed to the store's threads to "
+                                         "its outcome", buckets=COMMIT_BUCKETS)
 
     def _new_pool(self) -> ThreadPool:
         return ThreadPool(minthreads=1, maxthreads=self._threads, name=f"store-{self.kind}")
@@ -322,6 +326,11 @@ class ThreadedStore(Service):
         call = deferToThreadPool(self._reactor, self._pool, function, *args, **kwargs)
         return call.addBoth(settled)
 
+    def commit_took(self, result, started: float):
+        """Record the duration of a commit that began at *started* (a callback: passes *result* on)."""
+        self._commit_seconds.observe(max(0.0, self._clock.seconds() - started))
+        return result
+
     def calls_state(self) -> dict:
         """Calls waiting for a thread, and calls running in one."""
         working = len(self._pool.working)
@@ -329,3 +338,25 @@ class ThreadedStore(Service):
 
     def thread_state(self) -> dict:
         return {"size": self._pool.max, "busy": len(self._pool.working)}
+
+    def metrics(self) -> list:
+        """For /metrics: what waits now, the counts ``state()`` keeps, and how long commits take."""
+        state = self.state()
+        name = self.name.partition(".")[2] if self.name else self.kind
+        labels = {"store": name, "kind": self.kind}
+        return [
+            gauge("pipedingest_store_queued", "Work waiting: Firestore writes not yet in a commit, SQLite calls "
+                  "waiting for its thread", state["queued"], **labels),
+            gauge("pipedingest_store_in_flight", "Writes (SQLite: calls) being carried out", state["in_flight"],
+                  **labels),
+            counts("pipedingest_store_writes", "Articles written: created, or found already stored",
+                   [*labels, "outcome"], [((name, self.kind, outcome), state.get(outcome, 0))
+                                          for outcome in ("created", "existing")]),
+            count("pipedingest_store_commits", "Commits (transactions, batches) that succeeded",
+                  state.get("commits", 0), **labels),
+            count("pipedingest_store_retries", "Commits retried after a transient error", state.get("retries", 0),
+                  **labels),
+            count("pipedingest_store_failures", "Articles not stored: refused, or failed for good",
+                  state.get("errors", 0), **labels),
+            *reported((self._commit_seconds,), **labels),
+        ]

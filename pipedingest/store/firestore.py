@@ -2,9 +2,28 @@
 
 The only module that imports the Firestore client.  Every client call runs on the
 store's own sized thread pool (never the reactor thread, never the reactor's
-default pool); the client itself is created there on first use, because finding
-credentials may block.  ``FIRESTORE_EMULATOR_HOST`` is honoured by the client;
-with it set the store uses anonymous credentials.
+default pool); the client itself is created there, because finding credentials
+may block.  ``FIRESTORE_EMULATOR_HOST`` is honoured by the client; with it set
+the store uses anonymous credentials.
+
+**Project, database and credentials.**  The store writes to one database of one
+project: ``database`` names it (``(default)``, or a named database).  Off the
+emulator the credentials are Google's Application Default Credentials
+(``google.auth.default()``: ``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth
+application-default login``, or the service account of the machine), and the
+project, unless given, is theirs (``GOOGLE_CLOUD_PROJECT`` first).  Both are
+found when the store starts; a store that cannot name a project does not start.
+
+Credentials that cannot be had, or that Firestore refuses, are not a start
+failure: the site still answers, each put and read fails at once with a
+:class:`StoreUnavailable` naming the credentials (HTTP 503), and ``readiness``
+reports the problem, so ``/ready`` says what is wrong.  Such problems are
+google-auth's errors (no credentials found, no access token: the latter reaches
+the store inside gRPC's UNAVAILABLE, recognisable only by its text), 401 and 403.
+Off the emulator the store reads one document when it starts, so that the
+problem shows before any request does; while there is one it reads again every
+``ACCESS_RECHECK`` seconds, and any call that gets through clears it: mounting a
+key file or granting a role heals the daemon without a restart.
 
 **Batching.**  Puts wait in a queue for up to ``batch_window`` seconds, then go
 out in commits of at most ``max_batch_writes`` writes and ``max_batch_bytes``
@@ -75,11 +94,14 @@ import uuid
 from collections import deque
 from urllib.parse import quote
 
+import google.auth
 from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 from google.cloud.firestore_v1 import Increment
 from google.cloud.firestore_v1.base_query import FieldFilter
+from twisted.application.service import Service
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.logger import Logger
@@ -107,6 +129,20 @@ TOKEN_FIELD = "_ingest_token"
 SHARDS_COLLECTION = "entity_shards"
 #: Firestore's limit on field transforms applied to one document in one commit.
 MAX_FIELD_TRANSFORMS = 500
+#: The map field of a shard document that holds its counts (exempt from indexing in production).
+COUNTS_FIELD = "counts"
+#: The database a store uses unless told otherwise.
+DEFAULT_DATABASE = "(default)"
+#: What Firestore accepts as a database id: ``(default)``, or 4 to 63 lowercase letters,
+#: digits and hyphens, starting with a letter and not ending with a hyphen.
+DATABASE_ID = r"\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9]"
+#: Seconds between two reads that check whether a credentials problem is gone.
+ACCESS_RECHECK = 10.0
+#: The document the access check reads (it need not exist; nothing writes it).
+ACCESS_CHECK_ID = "_ingest_access_check"
+#: How gRPC reports credentials that failed to give a token (google-auth's RefreshError or
+#: TransportError, raised inside the call): an UNAVAILABLE with this text.
+_TOKEN_FAILED = "Getting metadata from plugin failed"
 
 _RESERVED_FIELD = re.compile(r"^__.*__$", re.DOTALL)
 
@@ -125,6 +161,28 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, api_exceptions.ResourceExhausted) and "exceeds maximum size" in str(error):
         return False
     return isinstance(error, _TRANSIENT)
+
+
+def access_problem(error: BaseException, project: str | None, database: str) -> str | None:
+    """What *error* says is wrong with the store's credentials or their rights, or None.
+
+    The text names the credentials and what to do, since that is what an operator
+    reads in the 503 and in ``/ready``.  None: the error is about something else.
+    """
+    if isinstance(error, auth_exceptions.DefaultCredentialsError):
+        return (f"no usable Google credentials ({_describe(error)}); set GOOGLE_APPLICATION_CREDENTIALS to a "
+                "service account key file, run `gcloud auth application-default login`, or run with a "
+                "service account attached")
+    if isinstance(error, auth_exceptions.GoogleAuthError) or (
+            isinstance(error, api_exceptions.ServiceUnavailable) and _TOKEN_FAILED in str(error)):
+        return f"the Google credentials could not get an access token ({_describe(error)})"
+    if isinstance(error, api_exceptions.Unauthenticated):
+        return f"Firestore did not accept the Google credentials ({_describe(error)})"
+    if isinstance(error, api_exceptions.PermissionDenied):
+        return (f"the Google credentials may not use Firestore database {database} of project {project} "
+                f"({_describe(error)}); grant their account roles/datastore.user, and check that the "
+                "Firestore API is enabled")
+    return None
 
 
 def document_id(text: str) -> str:
@@ -292,7 +350,9 @@ class _Commit:
 class FirestoreStore(ThreadedStore):
     """Articles in a Firestore collection, document id = article id.
 
-    :param project: the Google Cloud project; default ``$GOOGLE_CLOUD_PROJECT``.
+    :param project: the Google Cloud project; default ``$GOOGLE_CLOUD_PROJECT``, else
+        the project of the Application Default Credentials (found at start).
+    :param database: the Firestore database id: ``(default)`` or a named database.
     :param collection: the articles' collection.
     :param entity_counters: keep per-source entity counters in shard documents (see the
         module docstring), applied in the commit that creates the article.
@@ -311,13 +371,14 @@ class FirestoreStore(ThreadedStore):
     :param retry_initial, retry_maximum, retry_deadline: backoff of transient failures:
         the first delay, the largest, and the total time before giving up.
     :param max_document_bytes: refuse larger documents with :class:`DocumentTooLarge`.
-    :param clock: IReactorTime for the batch window and the backoff.
+    :param clock: IReactorTime for the batch window, the backoff and the access rechecks.
     :param random: a ``random.Random`` for the jitter.
     """
 
     kind = "firestore"
 
-    def __init__(self, project: str | None = None, collection: str = "articles",
+    def __init__(self, project: str | None = None, database: str = DEFAULT_DATABASE,
+                 collection: str = "articles",
                  entity_counters: bool = False, counters_collection: str = "sources",
                  counter_shards: int = 64, counter_subshards: int = 8,
                  max_field_transforms: int = MAX_FIELD_TRANSFORMS, threads: int = 4,
@@ -332,6 +393,9 @@ class FirestoreStore(ThreadedStore):
             raise ValueError(f"max_batch_writes must be from 1 to 500, not {max_batch_writes}")
         if not collection or "/" in collection:
             raise ValueError(f"collection must be a collection id without '/', not {collection!r}")
+        if not re.fullmatch(DATABASE_ID, database):
+            raise ValueError(f"database must be '(default)' or a database id (4 to 63 lowercase letters, "
+                             f"digits and hyphens, starting with a letter), not {database!r}")
         if counter_shards < 1 or counter_subshards < 1:
             raise ValueError("counter_shards and counter_subshards must be at least 1")
         if not 1 <= max_field_transforms <= MAX_FIELD_TRANSFORMS:
@@ -345,7 +409,9 @@ class FirestoreStore(ThreadedStore):
                 f"(1 + counter_shards + {MAX_DISTINCT_ENTITIES} / max_field_transforms); "
                 f"raise max_batch_writes or lower counter_shards")
         super().__init__(threads=threads, reactor=reactor, clock=clock, max_document_bytes=max_document_bytes)
+        #: The project: given, from the environment, or (once started) the credentials'.
         self.project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        self.database = database
         self.collection = self.container = collection
         self.entity_counters_enabled = entity_counters
         self.counters_collection = counters_collection
@@ -363,8 +429,9 @@ class FirestoreStore(ThreadedStore):
         self._random = random or _random.Random()
         self._client_lock = threading.Lock()
         self._client_instance = None
-        # The longest document path prefix a write names (project, database, collections).
-        self._path_bytes = len(f"projects/{self.project}/databases/(default)/documents/"
+        # The longest document path prefix a write names (project, database, collections); a
+        # project still to be found takes 100 bytes (ids have at most 30, domain-scoped ones more).
+        self._path_bytes = len(f"projects/{self.project or 'x' * 100}/databases/{database}/documents/"
                                f"{collection}/{counters_collection}/") + 64
         self._queue: deque[_Pending] = deque()
         self._queued_counters = _ShardPlan(max_field_transforms)
@@ -373,17 +440,77 @@ class FirestoreStore(ThreadedStore):
         self._commits_running = 0
         self._timer = None
         self._flushed = WhenIdle(lambda: not self._queue and not self._commits_running)
+        #: What is wrong with the credentials (see ``access_problem``), or None.
+        self._access_problem: str | None = None
+        self._access_checking = False
+        self._access_checked = False  # has a check ended yet?
+        self._access_recheck = None
         self._stats.update({"commits": 0, "retries": 0, "created": 0, "existing": 0, "conflicts": 0, "split": 0,
-                            "counter_writes": 0, "counter_increments": 0})
+                            "counter_writes": 0, "counter_increments": 0, "access_errors": 0})
         self._largest = {"writes": 0, "bytes": 0}
+
+    # -- starting: the project and the credentials ----------------------------
+
+    @staticmethod
+    def on_emulator() -> bool:
+        return bool(os.environ.get("FIRESTORE_EMULATOR_HOST"))
+
+    def startService(self):
+        """Start the pool, then find the credentials and the project (in a thread: google-auth may
+        block); fails when no project can be found.  Off the emulator, check the access in the
+        background (see the module docstring)."""
+        super().startService()
+        return self.in_thread(self._open).addCallbacks(self._opened, self._open_failed)
+
+    def _open(self):
+        """``(project, credentials error or None)``, in a pool thread."""
+        try:
+            return self._client().project, None
+        except auth_exceptions.DefaultCredentialsError as error:
+            if self.project is None:
+                raise StoreError(
+                    f"no Google Cloud project for Firestore: 'project' is not set, GOOGLE_CLOUD_PROJECT is not "
+                    f"set, and no Application Default Credentials name one ({_describe(error)})") from None
+            return self.project, error
+
+    def _opened(self, opened):
+        self.project, error = opened
+        log.info("{name}: Firestore database {database} of project {project}{emulator}", name=self.name,
+                 database=self.database, project=self.project,
+                 emulator=" (emulator)" if self.on_emulator() else "")
+        if error is not None:
+            self._access_failed(access_problem(error, self.project, self.database))
+        elif not self.on_emulator():
+            self._check_access()
+
+    def _open_failed(self, failure):
+        Service.stopService(self)
+        self._stop_pool(None)
+        return failure
+
+    def stopService(self):
+        if self._access_recheck is not None and self._access_recheck.active():
+            self._access_recheck.cancel()
+        self._access_recheck = None
+        return super().stopService()
 
     # -- the client, in the pool's threads ------------------------------------
 
     def _client(self):
+        """The client, created on first use (again after a failed attempt: credentials may appear)."""
         with self._client_lock:
             if self._client_instance is None:
-                credentials = AnonymousCredentials() if os.environ.get("FIRESTORE_EMULATOR_HOST") else None
-                self._client_instance = firestore.Client(project=self.project, credentials=credentials)
+                if self.on_emulator():
+                    credentials, project = AnonymousCredentials(), self.project
+                else:
+                    credentials, found = google.auth.default(scopes=firestore.Client.SCOPE)
+                    project = self.project or found
+                    if not project:
+                        raise StoreError("no Google Cloud project for Firestore: 'project' is not set, "
+                                         "GOOGLE_CLOUD_PROJECT is not set, and the Application Default "
+                                         "Credentials name none")
+                self._client_instance = firestore.Client(project=project, credentials=credentials,
+                                                         database=self.database)
             return self._client_instance
 
     def closing(self):
@@ -394,6 +521,65 @@ class FirestoreStore(ThreadedStore):
             client, self._client_instance = self._client_instance, None
         if client is not None:
             client.close()
+
+    # -- access: problems with the credentials ---------------------------------
+
+    def readiness(self) -> str | None:
+        """Why the daemon cannot be ready because of this store's credentials, or None."""
+        if self._access_problem is not None:
+            return self._access_problem
+        if self._access_checking and not self._access_checked:
+            return f"checking access to Firestore database {self.database} of project {self.project}"
+        return None
+
+    def _check_access(self):
+        """Read one document, to learn whether the credentials work (the result is not needed)."""
+        self._access_recheck = None
+        if not self.running or self._access_checking:
+            return
+        self._access_checking = True
+
+        def read():
+            (self._client().collection(self.collection).document(ACCESS_CHECK_ID)
+             .get(retry=None, timeout=self.rpc_timeout))
+
+        def checked(_):
+            self._access_checking, self._access_checked = False, True
+            self._access_ok()
+
+        def failed(failure):
+            self._access_checking, self._access_checked = False, True
+            problem = access_problem(failure.value, self.project, self.database)
+            if problem is not None:
+                self._access_failed(problem)
+                return
+            log.warn("{name}: checking access to Firestore failed: {error}", name=self.name,
+                     error=_describe(failure.value))
+            if self._access_problem is not None:
+                self._schedule_access_recheck()  # not known to be gone: look again later
+
+        self.in_thread(read).addCallbacks(checked, failed)
+
+    def _access_failed(self, problem: str):
+        """A call failed for *problem*: report it (once) and look again from time to time."""
+        self._stats["access_errors"] += 1
+        if problem != self._access_problem:
+            log.error("{name}: {problem}", name=self.name, problem=problem)
+        self._access_problem = problem
+        self._schedule_access_recheck()
+
+    def _access_ok(self):
+        """A call got through: whatever was wrong with the credentials is not any more."""
+        if self._access_problem is not None:
+            log.info("{name}: Firestore accepts the credentials again", name=self.name)
+            self._access_problem = None
+        if self._access_recheck is not None and self._access_recheck.active():
+            self._access_recheck.cancel()
+        self._access_recheck = None
+
+    def _schedule_access_recheck(self):
+        if self.running and self._access_recheck is None:
+            self._access_recheck = self._clock.callLater(ACCESS_RECHECK, self._check_access)
 
     # -- put: queue, batch, commit ---------------------------------------------
 
@@ -497,10 +683,16 @@ class FirestoreStore(ThreadedStore):
         while batch:
             first_sub = self._random.randrange(self.counter_subshards) if self.entity_counters_enabled else 0
             try:
-                result = yield self.in_thread(self._commit_in_thread, batch, first_sub)
+                result = yield self.in_thread(self._commit_in_thread, batch, first_sub).addBoth(
+                    self.commit_took, self._clock.seconds())
             except Exception as error:
                 batch = self._settle_decided(batch)
                 if not batch:
+                    return
+                problem = access_problem(error, self.project, self.database)
+                if problem is not None:  # every write of the batch would fail alike: no retry, no split
+                    self._access_failed(problem)
+                    self._fail(batch, StoreUnavailable, problem)
                     return
                 if is_transient(error):
                     delay = min(self.retry_maximum, self.retry_initial * 2 ** failures)
@@ -525,6 +717,7 @@ class FirestoreStore(ThreadedStore):
                 yield self._commit(batch[middle:])
                 return
             else:
+                self._access_ok()
                 self._stats["commits"] += result.commits
                 self._stats["conflicts"] += result.conflicts
                 self._stats["counter_writes"] += result.counter_writes
@@ -586,7 +779,7 @@ class FirestoreStore(ThreadedStore):
             for (text, label), n in counts.items():
                 nested.setdefault(text, {})[label] = Increment(n)
             writes.set(self._shards(client, source).document(f"s{self.counter_shards}-{shard}-{sub}"),
-                       {"counts": nested}, merge=True)
+                       {COUNTS_FIELD: nested}, merge=True)
         return counters
 
     def _shards(self, client, source: str):
@@ -667,7 +860,7 @@ class FirestoreStore(ThreadedStore):
                 log.warn("entity shard {path} holds {size} bytes, over half of the {limit}-byte limit; "
                          "raise counter_shards (now {shards})", path=snapshot.reference.path, size=size,
                          limit=self.max_document_bytes, shards=self.counter_shards)
-            for name, labels in data.get("counts", {}).items():
+            for name, labels in data.get(COUNTS_FIELD, {}).items():
                 counter = counters.setdefault(text_of_field(name), {"count": 0, "labels": {}})
                 for label_name, n in labels.items():
                     label = text_of_field(label_name)
@@ -676,15 +869,23 @@ class FirestoreStore(ThreadedStore):
         return counters
 
     def _read(self, function, *args):
+        def answered(result):
+            self._access_ok()
+            return result
+
         def translate(failure):
             error = failure.value
             if isinstance(error, StoreError):
                 return failure
+            problem = access_problem(error, self.project, self.database)
+            if problem is not None:
+                self._access_failed(problem)
+                raise StoreUnavailable(problem)
             if is_transient(error):
                 raise StoreUnavailable(f"Firestore read failed: {_describe(error)}")
             raise StoreError(f"Firestore read failed: {_describe(error)}")
 
-        return self.in_thread(function, *args).addErrback(translate)
+        return self.in_thread(function, *args).addCallbacks(answered, translate)
 
     # -- status ----------------------------------------------------------------
 
@@ -693,8 +894,10 @@ class FirestoreStore(ThreadedStore):
             "kind": self.kind,
             "running": bool(self.running),
             "project": self.project,
+            "database": self.database,
             "collection": self.collection,
             "emulator": os.environ.get("FIRESTORE_EMULATOR_HOST"),
+            "access_problem": self._access_problem,
             "queued": len(self._queue),
             "in_flight": self._in_flight_items,
             "commits_in_flight": self._commits_running,

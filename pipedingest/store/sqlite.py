@@ -156,6 +156,7 @@ class SQLiteStore(ThreadedStore):
         article_id, source, document, tally = prepared
         ingested_at = iso_utc(datetime.fromtimestamp(self._clock.seconds(), timezone.utc))
         written = self.in_thread(self._insert, article_id, source, ingested_at, document, tally)
+        written.addBoth(self.commit_took, self._clock.seconds())
         written.addCallbacks(self._count_write, self._count_error)
         return written
 

@@ -5,23 +5,52 @@ method, path, query arguments and headers are decoded once here.  Answering
 goes through :meth:`WebRequest.respond`, which does nothing if the request was
 already answered (say, by the reaper) or its client went away: whoever answers
 second must not crash.
+
+**Request ids.**  Every request has an id, to find all that was logged about it
+and to quote in a bug report: the ``X-Request-Id`` it came with when that one is
+sane (see :func:`request_id_from`: a proxy or a client may have given it, and the
+same id then follows the request through both logs), otherwise a new one (32
+hex digits, random).  It is sent back in the ``X-Request-Id`` header of every
+response, written in every JSON error body (``"request_id"``) and every
+access-log line, and carried by :class:`WebRequest` (``request.request_id``) into
+the log lines about the request.
 """
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from typing import Any, Optional
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 from twisted.web.http import RESPONSES
 from twisted.web.server import Request
 
+from pipedingest.web import accesslog
 from pipedingest.web.body import BodyError, is_json_type, is_ndjson_type, parse_json, parse_ndjson, text
 
-log = Logger()
-
 JSON_TYPE = "application/json"
+REQUEST_ID_HEADER = b"x-request-id"
+#: What an incoming X-Request-Id must be to be kept: 1 to 128 letters, digits, and ``. _ : -`` (a UUID, a
+#: hex or ULID id, ``front-1:42``); anything else (spaces, quotes, control characters) is never echoed or logged.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_from(values: Optional[list]) -> str:
+    """The id for a request whose ``X-Request-Id`` headers are *values*: the one given if sane, else a new one.
+
+    Several ``X-Request-Id`` headers are not sane: which one would the caller be looking for?
+    """
+    if values and len(values) == 1:
+        given = values[0].decode("latin-1") if isinstance(values[0], bytes) else values[0]
+        if SANE_REQUEST_ID.fullmatch(given):
+            return given
+    return new_request_id()
 
 
 class LimitedRequest(Request):
@@ -35,14 +64,24 @@ class LimitedRequest(Request):
       sending a byte a second holds nothing for long.
     * ``admitted`` records whether the site was accepting work when the request's
       first line arrived: a stopping site still serves requests that began before.
+
+    Whatever answers it, it is in the access log once (:mod:`pipedingest.web.accesslog`), and its
+    :attr:`request_id` goes out in the ``X-Request-Id`` header.
     """
 
     refused = False
+    #: True once the whole request (headers and body) has arrived.
+    received = False
     _received = 0
+    _request_id: Optional[str] = None
 
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
         site = getattr(channel, "site", None)
+        self._site = site
+        self._clock = getattr(site, "reactor", None)
+        #: When its first line arrived (the site's clock), for the access log's duration.
+        self.arrived = self._clock.seconds() if self._clock is not None else None
         self.admitted = getattr(site, "accepting", True)
         self._read_timeout = getattr(site, "read_timeout", None)
         self._read_timer = channel.callLater(self._read_timeout, self._too_slow) if self._read_timeout else None
@@ -65,12 +104,26 @@ class LimitedRequest(Request):
             return
         super().handleContentChunk(data)
 
+    @property
+    def request_id(self) -> str:
+        """This request's id (see the module's docstring), fixed the first time it is asked for."""
+        if self._request_id is None:
+            self._request_id = request_id_from(self.requestHeaders.getRawHeaders(REQUEST_ID_HEADER))
+        return self._request_id
+
     def requestReceived(self, command, path, version):
         self._stop_read_timer()
+        self.received = True
         super().requestReceived(command, path, version)
+
+    def process(self):
+        self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+        super().process()
 
     def connectionLost(self, reason):
         self._stop_read_timer()
+        if not (self.finished or self.refused):
+            self.log_response(accesslog.CLIENT_CLOSED, 0)  # nothing was answered: the client went away first
         super().connectionLost(reason)
 
     def _stop_read_timer(self):
@@ -97,14 +150,38 @@ class LimitedRequest(Request):
         if self.content is not None:
             self.content.seek(0)
             self.content.truncate()
-        write_and_close(self.channel, status, error_body(status, message, **extra))
+        body = error_body(status, message, request_id=self.request_id, **extra)
+        write_and_close(self.channel, status, body, self.request_id)
+        self.log_response(status, len(body))
+
+    def request_line(self) -> tuple[str, str, str]:
+        """Method, target and protocol, as far as they arrived (``-`` for what did not)."""
+        if self.received:
+            parts = (self.method, self.uri, self.clientproto)
+        else:  # refused while arriving: the channel holds the parsed first line until the request is whole
+            channel = self.channel
+            parts = tuple(getattr(channel, name, None) for name in ("_command", "_path", "_version"))
+        return tuple(part.decode("latin-1") if isinstance(part, bytes) else "-" for part in parts)
+
+    def log_response(self, status: int, length: int) -> None:
+        """This request's access-log line: answered *status* with *length* bytes of body."""
+        now = self._clock.seconds() if self._clock is not None else None
+        accesslog.log_response(
+            self.request_id, getattr(self.getClientAddress(), "host", None), *self.request_line(), status, length,
+            site=getattr(getattr(self._site, "pipeline_resource", None), "name", None),
+            referer=self._first_header(b"referer"), user_agent=self._first_header(b"user-agent"), when=now,
+            duration=None if now is None or self.arrived is None else now - self.arrived)
+
+    def _first_header(self, name: bytes) -> str:
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[0].decode("latin-1") if values else ""
 
 
 #: Seconds a connection answered early is kept half-open, what arrives discarded, before it is closed.
 LINGER = 2.0
 
 
-def write_and_close(channel, status: int, body: bytes) -> None:
+def write_and_close(channel, status: int, body: bytes, request_id: str) -> None:
     """A JSON response written straight to the connection, which then closes (no request object needed).
 
     The client may still be sending (the rest of a body too large or too slow); closing at once would reset
@@ -113,8 +190,8 @@ def write_and_close(channel, status: int, body: bytes) -> None:
     good once the client closes or :data:`LINGER` seconds later.
     """
     reason = RESPONSES.get(status, b"Error")
-    head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % (status, reason, len(body)))
+    head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
+            b"connection: close\r\n\r\n" % (status, reason, len(body), request_id.encode("ascii")))
     channel.discarding = True
     transport = channel.transport
     transport.write(head + body)
@@ -123,13 +200,14 @@ def write_and_close(channel, status: int, body: bytes) -> None:
         channel.callLater(LINGER, transport.loseConnection)
     else:
         transport.loseConnection()
-    log.info("answered {status} before the request was complete; closing the connection", status=status)
 
 
-def error_body(status: int, message: str, **extra: Any) -> bytes:
-    """The JSON every error response carries."""
+def error_body(status: int, message: str, request_id: Optional[str] = None, **extra: Any) -> bytes:
+    """The JSON every error response carries: ``{"error": {"status", "message", ..., "request_id"}}``."""
     error = {"status": status, "message": message}
     error.update({key: value for key, value in extra.items() if value is not None})
+    if request_id is not None:
+        error["request_id"] = request_id
     return json.dumps({"error": error}, ensure_ascii=False).encode("utf-8")
 
 
@@ -151,6 +229,8 @@ class WebRequest:
 
     def __init__(self, request: Request, path_params: Optional[dict] = None, route: str = ""):
         self.raw = request
+        #: The request's id (``X-Request-Id``): for the log lines about it.
+        self.request_id: str = getattr(request, "request_id", None) or new_request_id()
         self.method = request.method.decode("ascii", "replace")
         self.path = text(unquote_to_bytes(request.path), "the request path")
         self.route = route
@@ -234,7 +314,8 @@ class WebRequest:
         return self.respond(status, body, JSON_TYPE, headers)
 
     def respond_error(self, status: int, message: str, headers: Optional[dict] = None, **extra: Any) -> bool:
-        return self.respond(status, error_body(status, message, **extra), JSON_TYPE, headers)
+        return self.respond(status, error_body(status, message, request_id=self.request_id, **extra), JSON_TYPE,
+                            headers)
 
     def __repr__(self) -> str:
-        return f"<WebRequest {self.method} {self.path}>"
+        return f"<WebRequest {self.method} {self.path} {self.request_id}>"

@@ -41,10 +41,13 @@ from twisted.web.server import NOT_DONE_YET, Site
 from pipedingest.deadline import Deadline
 from pipedingest.graph import SITE
 from pipedingest.idle import WhenIdle
+from pipedingest.metrics import UNMATCHED, RequestMetrics, gauge
 from pipedingest.web.access import OPEN_ENDPOINTS, Access
 from pipedingest.web.body import BodyError
 from pipedingest.web.errors import describe_failure
-from pipedingest.web.request import JSON_TYPE, LimitedRequest, WebRequest, error_body, path_segments, write_and_close
+from pipedingest.web.accesslog import log_response
+from pipedingest.web.request import (JSON_TYPE, LimitedRequest, WebRequest, error_body, new_request_id, path_segments,
+                                     write_and_close)
 
 log = Logger()
 
@@ -111,7 +114,9 @@ class Exchange:
         return self.answered and self.settled
 
     def describe(self) -> str:
-        return f"{self.request.method} {self.request.path} from {self.request.client} (route {self.route.pattern})"
+        request = self.request
+        return (f"{request.method} {request.path} from {request.client} (route {self.route.pattern}, "
+                f"request {request.request_id})")
 
 
 class TrackedChannel(HTTPChannel):
@@ -143,7 +148,15 @@ class TrackedChannel(HTTPChannel):
         # Twisted answers malformed framing (a bad request line, headers, length or chunk) here, with a bare
         # 400; overriding this private method is the only way to answer in JSON like everywhere else.
         self.discarding = True
-        write_and_close(self, 400, error_body(400, "malformed HTTP request"))
+        arriving = self.requests[-1] if self.requests and not self.requests[-1].received else None
+        if arriving is not None:
+            arriving.refuse_early(400, "malformed HTTP request")  # with its id, if its headers gave one
+            return
+        request_id = new_request_id()  # not even a first line: no request to speak of
+        body = error_body(400, "malformed HTTP request", request_id=request_id)
+        write_and_close(self, 400, body, request_id)
+        log_response(request_id, getattr(self.transport.getPeer(), "host", None), "-", "-", "-", 400, len(body),
+                     site=self.site.pipeline_resource.name, when=self.site.reactor.seconds())
 
 
 class PipelineSite(Site):
@@ -166,6 +179,20 @@ class PipelineSite(Site):
         #: Requests that start arriving while this is true are accepted (``LimitedRequest.admitted``).
         self.accepting = True
         self.channels: set = set()
+        #: The requests it answered, for /metrics (the site, and so its counts, outlives a reload's new routes).
+        self.request_metrics = RequestMetrics(resource.name)
+
+    def log(self, request) -> None:
+        """A response was finished: its access-log line; and for /metrics, a count under its route pattern,
+        method and status, and its duration from ``render`` (the request wholly arrived) to now."""
+        request.log_response(request.code, request.sentLength)  # the access log (web/accesslog.py)
+        resource = self.pipeline_resource
+        try:
+            started = getattr(request, "started_at", None)
+            took = resource.clock.seconds() - started if started is not None else None
+            self.request_metrics.observe(resource.route_of(request), request.method, request.code, took)
+        except Exception:  # counting must never keep a response from being finished
+            log.failure("could not count the request {request!r}", request=request)
 
     def close_idle_connections(self) -> None:
         for channel in list(self.channels):
@@ -196,6 +223,8 @@ class PipelineResource(Resource):
         self.access = access or Access("127.0.0.1", allowed_hosts=["*"])
         #: Client addresses whose 500 answers carry the traceback (the site's ``debug: {allow: [...]}``).
         self.debug_clients: frozenset = frozenset()
+        #: The daemon's DaemonMetrics when the site serves /metrics (the site's ``metrics: true``).
+        self.metrics = None
         self.exchanges: set[Exchange] = set()
         self.idle = WhenIdle(lambda: not self.exchanges)
         self.draining = False
@@ -203,12 +232,14 @@ class PipelineResource(Resource):
 
     def render(self, request):
         """Answer at once (an error, a built-in endpoint) or start the route's pipeline; never raise."""
+        request.started_at = self.clock.seconds()  # the request has wholly arrived: its duration starts
         try:
             return self._render(request)
         except BodyError as error:
             return self._error(request, error.status, error.message)
         except Exception:
-            status, error, _ = describe_failure(Failure(), f"while reading {request.method!r} {request.uri!r}")
+            status, error, _ = describe_failure(Failure(), f"while reading {request.method!r} {request.uri!r}",
+                                                request_id=request.request_id)
             return self._error(request, status, error["message"], id=error.get("id"))
 
     def _render(self, request):
@@ -226,7 +257,8 @@ class PipelineResource(Resource):
             request.setHeader(b"www-authenticate", b'Bearer realm="pipedingest"')
             return self._error(request, 401, "a valid bearer token is required")
         if endpoint is not None:
-            self.status.value.serve(endpoint, WebRequest(request, route="/" + endpoint))
+            server = self.metrics if endpoint == "metrics" else self.status.value
+            server.serve(endpoint, WebRequest(request, route="/" + endpoint))
             return NOT_DONE_YET
         node, params = self.tree.match(segments)
         if node is None or not node.routes:
@@ -248,7 +280,18 @@ class PipelineResource(Resource):
     def _error(self, request, status: int, message: str, **extra) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", JSON_TYPE.encode("ascii"))
-        return error_body(status, message, **extra)
+        return error_body(status, message, request_id=request.request_id, **extra)
+
+    def route_of(self, request) -> str:
+        """The route pattern a request falls under (``/articles/{id}``), for counting it: never its raw path."""
+        try:
+            segments = path_segments(request)
+        except (BodyError, AttributeError):  # not UTF-8; or never routed (no postpath)
+            return UNMATCHED
+        if len(segments) == 1 and segments[0] in self.builtin:
+            return "/" + segments[0]
+        node, _ = self.tree.match(segments)
+        return node.routes[0].pattern if node is not None and node.routes else UNMATCHED
 
     # -- an exchange --------------------------------------------------------------------------------------
 
@@ -267,13 +310,14 @@ class PipelineResource(Resource):
     def _completed(self, baton, exchange: Exchange) -> None:
         if not exchange.request.finished:
             log.debug("pipeline {pipeline} finished without answering {request}; it stays pending",
-                      pipeline=exchange.route.pipeline.name, request=exchange.request)
+                      pipeline=exchange.route.pipeline.name, request=exchange.request,
+                      request_id=exchange.request.request_id)
 
     def _failed(self, failure, exchange: Exchange) -> None:
         if failure.check(CancelledError):
             return None  # the client went away, or the request was answered by a reaper or the backstop
         status, error, headers = describe_failure(failure, f"in {exchange.route.pipeline.name} for "
-                                                           f"{exchange.request}")
+                                                           f"{exchange.request}", exchange.request.request_id)
         if status >= 500 and exchange.request.client in self.debug_clients:
             error["traceback"] = failure.getTraceback()
         exchange.request.respond_json(status, {"error": error}, headers)
@@ -306,7 +350,8 @@ class PipelineResource(Resource):
             return
         exchange.backstop = None
         if not exchange.request.finished:
-            log.warn("{request} unanswered by its deadline; answering 504", request=exchange.request)
+            log.warn("{request} unanswered by its deadline; answering 504", request=exchange.request,
+                     request_id=exchange.request.request_id)
             exchange.request.respond_error(504, "no response in time", timeout_seconds=self.response_timeout)
         if not exchange.running.called:
             exchange.running.cancel()
@@ -326,7 +371,8 @@ class PipelineResource(Resource):
         abandoned = []
         for exchange in list(self.exchanges):
             abandoned.append(exchange.describe())
-            log.warn("stopping with {request} still open; answering 503", request=exchange.describe())
+            log.warn("stopping with {request} still open; answering 503", request=exchange.describe(),
+                     request_id=exchange.request.request_id)
             exchange.request.respond_error(503, "the daemon stopped before this request was finished",
                                            {"retry-after": str(RETRY_AFTER_STOPPING)})
             if exchange.running is not None and not exchange.running.called:
@@ -349,10 +395,33 @@ class SiteService(Service):
         self.interface = interface
         self.reactor = reactor
         self.listening = None
+        #: Routing roots a reload replaced, until the requests they had accepted are over.
+        self.retired: set[PipelineResource] = set()
 
     @property
     def resource(self) -> PipelineResource:
         return self.site.pipeline_resource
+
+    def adopt(self, newer: "SiteService") -> PipelineResource:
+        """Serve with *newer*'s routes and settings from now on, on this port and these connections.
+
+        A reload built *newer* from the new configuration; this site listens on the same port, so it
+        takes over newer's root resource, body limit and timeouts instead of closing its port. Requests
+        already accepted finish on the old root (and its pipelines): it is kept in :attr:`retired` until
+        they are over, and returned, so that the reload can wait for it.
+        """
+        site, old, new = self.site, self.resource, newer.site.pipeline_resource
+        site.resource = site.pipeline_resource = new
+        site.max_body_bytes, site.read_timeout, site.timeOut = (newer.site.max_body_bytes, newer.site.read_timeout,
+                                                                newer.site.timeOut)
+        new.answered = old.answered
+        if old.exchanges:
+            self.retired.add(old)
+            old.idle.wait().addCallback(lambda _: self.retired.discard(old))
+        return old
+
+    def _resources(self) -> list[PipelineResource]:
+        return [self.resource, *self.retired]
 
     @property
     def port(self) -> Optional[int]:
@@ -377,11 +446,12 @@ class SiteService(Service):
         # One reactor turn first: bytes that arrived before the stop are read, and their requests accepted.
         yield deferLater(self.reactor, 0, lambda: None)
         self.site.accepting = False
-        open_now = len(self.resource.exchanges)
+        open_now = sum(len(resource.exchanges) for resource in self._resources())
         if open_now:
             log.info("web site {name!r} stopped accepting; draining {n} open requests", name=self.site_name,
                      n=open_now)
-        yield self.resource.drain()
+        for resource in self._resources():
+            yield resource.drain()
         listening, self.listening = self.listening, None
         if listening is not None:
             yield listening.stopListening()
@@ -389,8 +459,17 @@ class SiteService(Service):
 
     def abandon(self) -> list[str]:
         """Answer what is still open with 503 (the daemon's stop ran out of time)."""
-        return self.resource.abandon()
+        return [request for resource in self._resources() for request in resource.abandon()]
 
     def state(self) -> dict:
         return {"url": self.url if self.listening else None, "accepting": bool(self.site.accepting and self.running),
-                "open_requests": len(self.resource.exchanges), "answered": self.resource.answered}
+                "open_requests": sum(len(resource.exchanges) for resource in self._resources()),
+                "answered": self.resource.answered}
+
+    def metrics(self) -> list:
+        """For /metrics: the requests it answered, and its open requests and connections now."""
+        return [*self.site.request_metrics.families(),
+                gauge("pipedingest_http_open_requests", "Requests accepted and not yet over",
+                      self.state()["open_requests"], site=self.site_name),
+                gauge("pipedingest_http_connections", "Open HTTP connections", len(self.site.channels),
+                      site=self.site_name)]

