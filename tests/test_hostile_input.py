@@ -152,8 +152,9 @@ async def test_an_ndjson_batch_answers_200_per_item_and_stores_only_the_2xx(daem
 
 @pytest_twisted.ensureDeferred
 async def test_http_edges_get_json_answers_at_once(daemons):
+    # idle_timeout above read_timeout: a request that stalls must get its 408 before its idle connection closes.
     daemon = await daemons(path=DEV, overrides=PORT0 + ["status-tests=null", "web.main.read_timeout=0.5",
-                                                        "web.main.idle_timeout=0.5"])
+                                                        "web.main.idle_timeout=1.5"])
     port = daemon.sites["main"].port
     huge = b"POST /articles HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n" \
            b"Content-Length: 99999999999\r\n\r\n{"

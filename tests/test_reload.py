@@ -74,7 +74,11 @@ def small(tmp_path):
     path = tmp_path / "small.yaml"
     write_small(path, 1)
     daemon = Daemon(str(path), cwd=tmp_path)
-    daemon.wait_ready()
+    try:
+        daemon.wait_ready()
+    except BaseException:
+        daemon.kill()
+        raise
     yield daemon, path
     daemon.terminate()
     try:
