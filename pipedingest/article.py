@@ -154,6 +154,11 @@ def stored_document(article: dict, result: dict, default_source: str = DEFAULT_S
     return document
 
 
+def stored_result(document: dict) -> dict:
+    """What the API answers for an article already stored, from its stored *document*."""
+    return {"id": document["id"], **{key: document[key] for key in RESULT_FIELDS if key in document}}
+
+
 def check_document(document: Any) -> dict:
     """The stored fields of *document* (without ``id``); :class:`ArticleError` when its shape is wrong.
 

@@ -158,7 +158,7 @@ async def test_overload_gets_503_with_retry_after(daemons, corpus):
 
 @pytest_twisted.ensureDeferred
 async def test_a_request_past_its_deadline_gets_504_and_the_overrunning_child_is_replaced(daemons, corpus):
-    no_allowance = "pipelines.web.articles.create.1.extract-entities.seconds_per_1000_words=0"
+    no_allowance = "pipelines.web.articles.extract-and-store.1.extract-entities.seconds_per_1000_words=0"
     daemon = await daemons(path=DEV, overrides=PORT0 + [
         "web.main.response_timeout=0.2", "ner.min_children=1", no_allowance, "status-tests=null"])
     pool = daemon.runtime.get("ner.pool")

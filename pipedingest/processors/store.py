@@ -1,4 +1,5 @@
-"""Processors that keep articles and read them back: ``store-article``, ``fetch-article``, ``list-articles``.
+"""Processors that keep articles and read them back: ``store-article``, ``find-stored-article``,
+``fetch-article``, ``list-articles``.
 
 They name a store declared under ``stores:``; the store's errors become HTTP
 statuses here (the stores know nothing of HTTP).
@@ -8,7 +9,7 @@ from __future__ import annotations
 from twisted.plugin import IPlugin
 from zope.interface import provider
 
-from pipedingest.article import DEFAULT_SOURCE, stored_document
+from pipedingest.article import DEFAULT_SOURCE, stored_document, stored_result
 from pipedingest.engine.baton import get_path, set_path
 from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Option, Processor
 from pipedingest.store.base import (
@@ -72,6 +73,42 @@ class StoreArticle(Processor):
     def _stored(self, created: bool, baton):
         baton = set_path(baton, self.config["output_path"], created)
         return set_path(baton, self.config["status_path"], 201 if created else 200)
+
+
+@provider(IPlugin, IProcessor)
+class FindStoredArticle(Processor):
+    """An article whose id is already stored: what was stored for it, and 200, without extracting it again.
+
+    A loader re-run after a crash then costs one read per article, not one extraction. Sets
+    ``output_path`` to true when found (with ``result_path`` and ``status_path`` as ``store-article`` would
+    have set them for an article already stored), false otherwise; a pipeline goes on to extract and store
+    only when it is false (``stop: {decider: "baton: baton['found']"}``). As with ``store-article``, the
+    article stored first wins: a second one with the same id and another body is not extracted.
+    """
+
+    name = "find-stored-article"
+    options = {
+        "store": STORE,
+        "article_path": Option(str, "article", "where the article is"),
+        "result_path": Option(str, "result", "where to put the stored entities (when found)"),
+        "status_path": Option(str, "status", "where to put 200 (when found)"),
+        "output_path": Option(str, "found", "where to put true (already stored) or false"),
+    }
+
+    def __init__(self, config, step):
+        super().__init__(config, step)
+        self.store = store_reference(step, config["store"])
+
+    def process(self, baton):
+        article = get_path(baton, self.config["article_path"])
+        return self.store.value.get(article["id"]).addCallbacks(self._found, store_failed, callbackArgs=(baton,))
+
+    def _found(self, document, baton):
+        if document is None:
+            return set_path(baton, self.config["output_path"], False)
+        baton = set_path(baton, self.config["result_path"], stored_result(document))
+        baton = set_path(baton, self.config["status_path"], 200)
+        return set_path(baton, self.config["output_path"], True)
 
 
 @provider(IPlugin, IProcessor)
