@@ -11,10 +11,15 @@ of a child that died, and recognising a poison article; growing from ``min_child
 load and pruning extra children that stay idle; replacing any child that died; recycling a child by batches or
 by memory; refusing work beyond a bound instead of queueing without end. Every timer runs on the injected
 ``clock``, so tests drive all of it with ``task.Clock``.
+
+Identical texts in flight at the same time share one extraction: a text equal to one still waiting or being
+extracted, whose deadline is not later than that one's, follows it instead of being extracted again. Each
+caller keeps its own Deferred, deadline and cancellation: the extraction is cancelled only once nobody waits.
 """
 from __future__ import annotations
 
 import collections
+import hashlib
 import math
 
 from twisted.application import service
@@ -152,6 +157,8 @@ class NERPool(service.Service):
         self._words_per_second = None
         self._failed_starts = 0
         self._counts = collections.Counter()
+        #: The extraction of each text in flight, by the text's digest (see ``extract``).
+        self._identical: dict[bytes, Article] = {}
         self._extraction_seconds = histogram(
             "pipedingest_ner_extraction_seconds",
             "Seconds from an article's arrival in the pool to its entities, queueing included")
@@ -245,12 +252,65 @@ class NERPool(service.Service):
         if deadline <= now:
             self._counts["timeouts"] += 1
             return defer.fail(ArticleTimeout(deadline, dispatched=False, allowed=0.0))
-        article = Article(data=data, words=words, queued_at=now, deadline=deadline)
+        key = hashlib.blake2b(data, digest_size=16).digest()
+        same = self._identical.get(key)
+        if same is not None and same.waiting and deadline <= same.deadline:
+            self._counts["shared"] += 1
+            return self._follow(same, deadline, now)
+        article = Article(data=data, words=words, queued_at=now, deadline=deadline, followers=[], key=key)
         article.result = defer.Deferred(lambda _: self._cancelled(article))
+        article.result.addBoth(self._settled, article)
         article.expiry = self.clock.callLater(deadline - now, self._expired, article)
+        self._identical[key] = article
         self._queue.append(article)
         self._dispatch()
-        return article.result
+        return self._follow(article, deadline, now)
+
+    # -- the callers of one extraction ----------------------------------------------------------------------------
+
+    def _follow(self, article: Article, deadline: float, now: float) -> defer.Deferred:
+        """A Deferred for one more caller of *article*'s extraction, failing alone at its own *deadline*
+        (when earlier than the article's) and cancelled alone."""
+        follower = {"deadline": deadline, "since": now, "timer": None}
+        follower["result"] = defer.Deferred(lambda _: self._unfollow(article, follower, None))
+        if deadline < article.deadline:
+            follower["timer"] = self.clock.callLater(deadline - now, self._follower_expired, article, follower)
+        article.followers.append(follower)
+        return follower["result"]
+
+    def _unfollow(self, article: Article, follower: dict, problem) -> None:
+        """A caller gave up (cancelled, or its deadline passed); nobody left waiting: the extraction stops."""
+        if follower in article.followers:
+            article.followers.remove(follower)
+        if follower["timer"] is not None and follower["timer"].active():
+            follower["timer"].cancel()
+        follower["timer"] = None
+        if problem is not None:
+            follower["result"].errback(problem)
+        if not article.followers and article.waiting:
+            article.result.cancel()
+
+    def _follower_expired(self, article: Article, follower: dict) -> None:
+        follower["timer"] = None
+        self._counts["timeouts"] += 1
+        self._unfollow(article, follower, ArticleTimeout(follower["deadline"], dispatched=article.dispatched,
+                                                         allowed=follower["deadline"] - follower["since"]))
+
+    def _settled(self, outcome, article: Article):
+        """The extraction is over: every caller still waiting gets its outcome (a result each its own copy)."""
+        if self._identical.get(article.key) is article:
+            del self._identical[article.key]
+        followers, article.followers = article.followers, []
+        for follower in followers:
+            if follower["timer"] is not None and follower["timer"].active():
+                follower["timer"].cancel()
+            if follower["result"].called:
+                continue
+            if isinstance(outcome, Failure):
+                follower["result"].errback(outcome)
+            else:
+                follower["result"].callback(dict(outcome))
+        return None
 
     def _cancelled(self, article: Article):
         self._stop_expiry(article)
@@ -604,7 +664,7 @@ class NERPool(service.Service):
             },
             **{name: counts[name] for name in (
                 "batches", "articles", "words", "restarts", "crashes", "timeouts", "poisoned", "recycled",
-                "overloaded", "cancelled", "killed", "failed", "retried", "pruned", "invalid",
+                "overloaded", "cancelled", "killed", "failed", "retried", "pruned", "invalid", "shared",
             )},
             "child_words_per_second": round(self._words_per_second or 0.0, 1),
             "model": self.model,
@@ -660,5 +720,6 @@ NER_COUNTS = (
     ("overloaded", "pipedingest_ner_overloaded", "Articles refused because too much was queued (503)"),
     ("invalid", "pipedingest_ner_invalid", "Texts refused because they cannot be encoded as UTF-8"),
     ("cancelled", "pipedingest_ner_cancelled", "Articles whose caller stopped waiting (a client went away)"),
+    ("shared", "pipedingest_ner_shared", "Texts that followed an identical one in flight instead of being extracted"),
     ("failed", "pipedingest_ner_failed_batches", "Batches that failed for another reason than a child's death"),
 )

@@ -34,6 +34,9 @@ class Article:
     alone: bool = False
     dispatched: bool = False
     expiry: object = None
+    #: Who waits for this extraction (see ``NERPool.extract``): each caller's Deferred and its own timer.
+    followers: list = None
+    key: bytes = b""
 
     @property
     def waiting(self) -> bool:

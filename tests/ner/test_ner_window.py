@@ -131,3 +131,67 @@ async def test_deadline_passing_in_the_queue_fails_the_article_without_a_child(c
     assert after["timeouts"] == before["timeouts"] + 1
     assert after["children"] == 2 and after["restarts"] == before["restarts"]  # no child was harmed
     assert clocked.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_identical_texts_in_flight_share_one_extraction_each_with_its_own_result(
+    clocked, corpus, alone, until
+):
+    await settled(clocked, until)
+    text = corpus[530]
+    before = clocked.state()
+    results = [clocked.extract(text) for _ in range(3)]
+    state = clocked.state()
+    assert state["in_flight"]["articles"] == 1 and state["queued"]["articles"] == 0
+    assert state["shared"] == before["shared"] + 2
+    found = await defer.gatherResults(results)
+    assert [result["entities"] for result in found] == [alone(text)] * 3
+    assert found[0] is not found[1] and found[1] is not found[2]  # each caller may change its own
+    assert clocked.state()["articles"] == before["articles"] + 1
+    again = clocked.extract(text)
+    assert clocked.state()["shared"] == before["shared"] + 2, "a text no longer in flight was shared"
+    assert (await again)["entities"] == alone(text)
+    assert clocked.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_caller_of_a_shared_extraction_gives_up_alone(clocked, corpus, alone, until):
+    await settled(clocked, until)
+    text = corpus[531]
+    now = clocked.clock.seconds()
+    first = clocked.extract(text, now + 50)
+    early = clocked.extract(text, now + 10)     # follows, with its own earlier deadline
+    leaving = clocked.extract(text, now + 50)   # follows, then its client goes away
+    later = clocked.extract(text, now + 90)     # a later deadline than the extraction's: extracted apart
+    assert clocked.state()["in_flight"]["articles"] + clocked.state()["queued"]["articles"] == 2
+    leaving.cancel()
+    with pytest.raises(defer.CancelledError):
+        await leaving
+    clocked.clock.advance(10)
+    with pytest.raises(ArticleTimeout):
+        await early
+    clocked.clock.advance(WINDOW)  # the separate extraction may have waited for the window
+    assert (await first)["entities"] == alone(text)
+    assert (await later)["entities"] == alone(text)
+    await settled(clocked, until)
+    assert clocked.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_every_caller_gives_up_the_shared_extraction_is_cancelled(clocked, corpus, until):
+    await settled(clocked, until)
+    busy = clocked.extract(corpus[532])  # a child works: what comes next waits for the window, queued
+    text = corpus[535]
+    callers = [clocked.extract(text) for _ in range(2)]
+    assert clocked.state()["queued"]["articles"] == 1
+    before = clocked.state()["cancelled"]
+    callers[0].cancel()
+    assert clocked.state()["queued"]["articles"] == 1  # one caller still waits
+    callers[1].cancel()
+    assert clocked.state()["queued"]["articles"] == 0 and clocked.state()["cancelled"] == before + 1
+    for caller in callers:
+        with pytest.raises(defer.CancelledError):
+            await caller
+    await busy
+    await settled(clocked, until)
+    assert clocked.clock.getDelayedCalls() == []
