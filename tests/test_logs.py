@@ -139,7 +139,7 @@ def test_a_given_request_id_is_in_the_header_the_error_body_and_the_access_log(j
     line = access_record(json_daemon, given)
     assert (line["status"], line["method"], line["target"], line["site"]) == (400, "POST", "/echo", "main")
     assert line["message"].endswith(f'"POST /echo HTTP/1.1" 400 {len(body)} "-" "-" "{given}"'), line["message"]
-    assert TIME.fullmatch(line["time"]) and line["level"] == "info" and line["duration_ms"] >= 0
+    assert TIME.fullmatch(line["time"]) and line["level"] == "info" and type(line["duration_ms"]) is float
 
 
 @pytest.mark.slow
