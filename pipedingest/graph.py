@@ -241,6 +241,15 @@ class ServiceGraph:
 
         return starting.addCallbacks(started, failed)
 
+    @inlineCallbacks
+    def start_again(self, names: Iterable[str]):
+        """Start stopped services again, in start order (a reload that failed gives back what it stopped)."""
+        for step in self.start_steps():
+            for name in step:
+                if name in names and self.nodes[name].state == STOPPED:
+                    self.nodes[name].state = WAITING
+                    yield self._start(self.nodes[name])
+
     # -- stop ------------------------------------------------------------------------------------------------
 
     @inlineCallbacks

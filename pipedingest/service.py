@@ -288,6 +288,7 @@ class IngestService(Service):
             log.failure("reload: a service of the new configuration did not start; keeping the running one",
                         failed.failure)
             yield graph.stop(only={name for name in graph.nodes if name not in carried.kept})
+            yield old_graph.start_again(exclusive)
             self.status.reloaded("failed", clock.seconds(), [str(failed)])
             return "failed"
         if self.stopped is not None:  # SIGTERM while the new services started: the stop has the old graph

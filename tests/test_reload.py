@@ -206,3 +206,17 @@ def post(daemon: Daemon, article: dict):
         return response.status, json.loads(response.read())
     finally:
         connection.close()
+
+
+def test_a_service_that_fails_to_start_leaves_the_running_configuration(small):
+    daemon, path = small
+    write_small(path, 2)
+    with open(path, "a") as stream:  # a store whose file cannot be created: it fails when it starts
+        stream.write("stores:\n  articles: {kind: sqlite, path: /dev/null/cannot/articles.sqlite}\n")
+    config = reload(daemon, "failed", 1)
+    assert "store.articles did not start" in config["last_reload"]["errors"][0]
+    assert daemon.get_json("/answer") == (200, {"version": 1})
+    wait_state(daemon, ready=True)
+    write_small(path, 3)  # fixed: the next reload applies
+    reload(daemon, "applied", 2)
+    assert daemon.get_json("/answer") == (200, {"version": 3})
