@@ -88,10 +88,7 @@ def gauge(name: str, documentation: str, value: Optional[float], **labels: str) 
 def gauges(name: str, documentation: str, labelnames: Iterable[str],
            samples: Iterable[tuple[Iterable[str], float]]) -> GaugeMetricFamily:
     """A gauge family with a sample for each ``(label values, value)`` of *samples*."""
-    family = GaugeMetricFamily(name, documentation, labels=list(labelnames))
-    for values, value in samples:
-        family.add_metric([str(v) for v in values], value)
-    return family
+    return _filled(GaugeMetricFamily(name, documentation, labels=list(labelnames)), samples)
 
 
 def count(name: str, documentation: str, value: float, **labels: str) -> CounterMetricFamily:
@@ -104,7 +101,10 @@ def count(name: str, documentation: str, value: float, **labels: str) -> Counter
 def counts(name: str, documentation: str, labelnames: Iterable[str],
            samples: Iterable[tuple[Iterable[str], float]]) -> CounterMetricFamily:
     """A counter family with a sample for each ``(label values, value)`` of *samples*."""
-    family = CounterMetricFamily(name, documentation, labels=list(labelnames))
+    return _filled(CounterMetricFamily(name, documentation, labels=list(labelnames)), samples)
+
+
+def _filled(family, samples: Iterable[tuple[Iterable[str], float]]):
     for values, value in samples:
         family.add_metric([str(v) for v in values], value)
     return family

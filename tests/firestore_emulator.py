@@ -18,6 +18,8 @@ import time
 import urllib.error
 import urllib.request
 
+from tests.pidfile import stop_by_pidfile
+
 JAR = "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
 MAIN = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
 
@@ -144,19 +146,7 @@ def main(argv=None):
         print(f"export GOOGLE_CLOUD_PROJECT={options.project}")
         print(f"# pid {emulator.pid} in {options.pidfile}; log {emulator.log_path}", file=sys.stderr)
         return 0
-    try:
-        with open(options.pidfile) as stream:
-            pid = int(stream.read().strip())
-    except (OSError, ValueError) as error:
-        print(f"firestore-emulator: no pid in {options.pidfile}: {error}", file=sys.stderr)
-        return 1
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        print(f"firestore-emulator: process {pid} was not running", file=sys.stderr)
-    os.remove(options.pidfile)
-    return 0
-
+    return stop_by_pidfile("firestore-emulator", options.pidfile)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from tests.pidfile import stop_by_pidfile
+
 BINARY = "redis-server"
 SYSTEM_PORT = 6379
 CONFIG = """\
@@ -237,28 +239,7 @@ def main(argv=None):
         print(f"export REDIS_URL={server.url}")
         print(f"# pid {server.pid} in {options.pidfile}; data and log in {server.directory}", file=sys.stderr)
         return 0
-    try:
-        with open(options.pidfile) as stream:
-            pid = int(stream.read().strip())
-    except (OSError, ValueError) as error:
-        print(f"redis-server: no pid in {options.pidfile}: {error}", file=sys.stderr)
-        return 1
-    try:
-        os.kill(pid, signal.SIGCONT)
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        print(f"redis-server: process {pid} was not running", file=sys.stderr)
-    os.remove(options.pidfile)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return 0
-        time.sleep(0.05)
-    print(f"redis-server: process {pid} did not exit within 10 s of SIGTERM", file=sys.stderr)
-    return 1
-
+    return stop_by_pidfile("redis-server", options.pidfile, wait=10)
 
 if __name__ == "__main__":
     sys.exit(main())
