@@ -1,6 +1,6 @@
 # The two commands a new user needs (see README.md): `make run` and `make test`.
 # Both set everything up first; scripts/bootstrap is idempotent and quick when nothing changed.
-.PHONY: run test check bench fuzz config-fuzz scaleout setup
+.PHONY: run test check bench profile fuzz config-fuzz scaleout setup
 
 CONFIG ?= conf/dev.yaml
 
@@ -19,6 +19,11 @@ check: setup
 bench: setup
 	.venv/bin/python -m pip install --quiet -r bench/requirements.txt
 	.venv/bin/python bench/ner_http.py
+
+# py-spy on the reactor process and an NER child, under load and on one-word round trips
+profile: setup
+	.venv/bin/python -m pip install --quiet -r bench/requirements.txt
+	.venv/bin/python bench/ner_profile.py
 
 fuzz: setup
 	.venv/bin/python bench/http_fuzz.py -n $(or $(N),10000)

@@ -6,6 +6,7 @@ This is the only module of the daemon that imports spaCy. The pool starts it as
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from ampoule.child import AMPChild
 from twisted import logger
+from twisted.internet import defer
 
 from pipedingest.ner.commands import DescribeModel, ExtractEntities
 from pipedingest.ner.errors import ModelLoadFailed
@@ -57,13 +59,24 @@ class NERChild(AMPChild):
 
     A model that fails to load does not kill the process (the pool would only start another that fails the
     same way): the error is kept and returned to every command, so the pool reports it at start-up.
+
+    The pool may send a busy child its next batch before the current one is answered (``prefetch``), so that
+    the child starts it the moment it is done, with no round trip through the parent in between. Batches are
+    therefore queued here and run one at a time, in the order they came, each on a later turn of the reactor
+    than the answer before it: that answer is written to the pipe before the next batch begins, not held
+    behind it.
     """
 
-    def __init__(self, settings: str):
+    def __init__(self, settings: str, clock=None):
         super().__init__()
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.settings = ChildSettings.from_json(settings)
         self.nlp = None
         self.load_error = None
+        self._batches = collections.deque()
+        self._turn = None
         try:
             import spacy
 
@@ -92,6 +105,27 @@ class NERChild(AMPChild):
 
     @ExtractEntities.responder
     def extract_entities(self, texts):
+        answer = defer.Deferred()
+        self._batches.append((texts, answer))
+        if self._turn is None:
+            self._turn = self.clock.callLater(0, self._next_batch)
+        return answer
+
+    def _next_batch(self):
+        """Run the oldest batch; the next waits for a later turn, after this answer has been written."""
+        self._turn = None
+        texts, answer = self._batches.popleft()
+        if self._batches:
+            self._turn = self.clock.callLater(0, self._next_batch)
+        try:
+            result = self.extract(texts)
+        except Exception:
+            answer.errback()
+        else:
+            answer.callback(result)
+
+    def extract(self, texts: list[str]) -> dict:
+        """The entities of each text, and this process's resident memory after the batch."""
         nlp = self._loaded()
         marker = self.settings.crash_marker_for_tests
         if marker and any(marker in text for text in texts):

@@ -136,12 +136,14 @@ class ChildStarter(ProcessStarter):
 
 
 class Child:
-    """One NER child process: its AMP connection, pid, state, the batch it holds, and how it ended.
+    """One NER child process: its AMP connection, pid, state, the batches it holds, and how it ended.
 
-    The pool moves it through ``starting`` (loading the model) → ``idle`` ⇄ ``busy`` (holding exactly one
-    batch) → ``stopping`` (asked to stop, or killed), and forgets it when the process has exited: ``on_exit``
-    is called then, with the child. ``batches`` counts the batches it returned, ``rss`` its resident memory
-    after the last one, ``idle_since`` (on the pool's clock) when it last became free.
+    The pool moves it through ``starting`` (loading the model) → ``idle`` ⇄ ``busy`` (holding batches) →
+    ``stopping`` (asked to stop, or killed), and forgets it when the process has exited: ``on_exit`` is called
+    then, with the child. ``held`` are its batches in the order it got them: the first is the one it works on
+    (``started``), the others wait in its pipe (the pool's ``prefetch``). ``batches`` counts the batches it
+    returned, ``rss`` its resident memory after the last one, ``idle_since`` (on the pool's clock) when it last
+    became free.
     """
 
     def __init__(self, connector: ChildConnector, clock, on_exit):
@@ -152,7 +154,7 @@ class Child:
         self.state = STARTING
         self.loaded = False
         self.retired = False
-        self.batch = None
+        self.held = []
         self.batches = 0
         self.rss = None
         self.idle_since = None
@@ -184,18 +186,41 @@ class Child:
         self.state = IDLE
         self.idle_since = now
 
-    def take(self, batch) -> None:
-        self.state = BUSY
-        self.batch = batch
-        batch.child = self
+    @property
+    def batch(self):
+        """The batch it works on, if any."""
+        return self.held[0] if self.held else None
 
-    def release(self, now: float) -> None:
-        """Its batch came back, answered or failed: free again, unless it has died or was asked to stop."""
-        self.batch = None
-        if self.state == BUSY and not self.exited:
-            self.batches += 1
+    @property
+    def waiting_words(self) -> int:
+        """Words of the batches it holds: what it has to do before it could start another."""
+        return sum(batch.words for batch in self.held)
+
+    def take(self, batch, now: float) -> None:
+        """Give it a batch; ``batch.started`` says whether it works on it at once (it held nothing)."""
+        self.state = BUSY
+        self.held.append(batch)
+        batch.child = self
+        if len(self.held) == 1:
+            batch.start(now)
+
+    def release(self, batch, now: float, goes_on: bool):
+        """``batch`` came back, answered or failed. ``goes_on`` says whether the process carries on (it did not
+        die): then it starts the next batch it holds, which is returned, or becomes free again, unless it was
+        asked to stop."""
+        self.held.remove(batch)
+        if self.state != BUSY or self.exited:
+            return None
+        self.batches += 1
+        if not self.held:
             self.state = IDLE
             self.idle_since = now
+            return None
+        following = self.held[0]
+        if goes_on and not following.started:
+            following.start(now)
+            return following
+        return None
 
     def stop(self, grace: float) -> None:
         """Ask it to exit (ampoule's ``Shutdown``, answered once it is done loading); kill it after ``grace``."""

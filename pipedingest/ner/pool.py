@@ -12,6 +12,11 @@ load and pruning extra children that stay idle; replacing any child that died; r
 by memory; refusing work beyond a bound instead of queueing without end. Every timer runs on the injected
 ``clock``, so tests drive all of it with ``task.Clock``.
 
+A busy child is given its next batch before it is done with the current one (``prefetch``): the child starts
+it the moment it answers, instead of idling through a round trip to the reactor process and back. Only the
+batch a child works on counts for crashes and deadlines: a batch still waiting in the pipe of a child that
+died is sent again, as if never sent.
+
 Identical texts in flight at the same time share one extraction: a text equal to one still waiting or being
 extracted, whose deadline is not later than that one's, follows it instead of being extracted again. Each
 caller keeps its own Deferred, deadline and cancellation: the extraction is cancelled only once nobody waits.
@@ -77,6 +82,9 @@ class NERPool(service.Service):
     - ``max_batch_docs`` / ``max_batch_words``: the most one batch may hold; ``max_wait``: how long (seconds)
       queued articles may be held for more to arrive while a child is free but others are busy. An idle pool
       sends at once.
+    - ``prefetch``: batches a busy child may hold besides the one it works on (0: none). A busy child gets a
+      full batch this way, or any batch when ``max_wait`` is 0; it goes to the busy child with the fewest
+      words left to do.
     - ``deadline``: seconds from ``extract()`` to the answer, queueing included, for an article whose caller
       gives no deadline of its own.
     - ``max_queued`` (articles) and ``max_queued_words``: bound on the waiting (not yet dispatched) work;
@@ -99,6 +107,7 @@ class NERPool(service.Service):
         max_batch_docs: int = 16,
         max_batch_words: int = 8000,
         max_wait: float = 0.005,
+        prefetch: int = 1,
         deadline: float = 30.0,
         max_queued: int = 1000,
         max_queued_words: int | None = None,
@@ -117,8 +126,8 @@ class NERPool(service.Service):
             raise ValueError(f"need 1 <= min_children <= max_children, got {min_children} and {max_children}")
         if max_batch_docs < 1 or max_batch_words < 1 or max_queued < 1:
             raise ValueError("max_batch_docs, max_batch_words and max_queued must be at least 1")
-        if max_wait < 0 or deadline <= 0 or max_idle <= 0:
-            raise ValueError("max_wait must be >= 0, deadline and max_idle > 0")
+        if max_wait < 0 or prefetch < 0 or deadline <= 0 or max_idle <= 0:
+            raise ValueError("max_wait and prefetch must be >= 0, deadline and max_idle > 0")
         self.location = ModelLocation.find(model)
         unknown = self.location.unknown_components(exclude)
         if unknown:
@@ -132,6 +141,7 @@ class NERPool(service.Service):
         self.min_children = min_children
         self.max_children = max_children
         self.max_wait = max_wait
+        self.prefetch = prefetch
         self.deadline = deadline
         self.max_queued = max_queued
         self.max_queued_words = max_queued_words
@@ -394,10 +404,23 @@ class NERPool(service.Service):
             elif self._window is None or not self._window.active():
                 delay = self._queue.oldest.queued_at + self.max_wait - self.clock.seconds()
                 self._window = self.clock.callLater(max(0.0, delay), self._dispatch)
+        while self._queue and not idle and (self.max_wait == 0 or self._queue.full):
+            roomy = self._with_room()
+            if not roomy:
+                break
+            self._send(min(roomy, key=lambda child: child.waiting_words), self._queue.next_batch())
         if not self._queue and self._window is not None:
             if self._window.active():
                 self._window.cancel()
             self._window = None
+
+    def _with_room(self) -> list[Child]:
+        """Busy children that may be given one more batch now (see ``prefetch``).
+
+        Not one due for recycling: it is left to run dry, so that it can be replaced."""
+        return [child for child in self.children
+                if child.state == BUSY and not child.exited and len(child.held) <= self.prefetch
+                and not self._recycle_due(child, pending=len(child.held))]
 
     def _send(self, child: Child, articles: list[Article]):
         """Give ``articles`` to ``child``. Whatever goes wrong here fails these articles only."""
@@ -405,16 +428,21 @@ class NERPool(service.Service):
         batch = Batch(articles=articles, sent_at=now)
         for article in articles:
             article.dispatched = True
-        child.take(batch)
+        child.take(batch, now)
         self._in_flight.add(batch)
         self._counts["batches"] += 1
-        batch.overrun = self.clock.callLater(max(0.0, batch.deadline - now), self._overran, batch)
+        if batch.started:
+            self._watch(batch)
         try:
             answer = child.amp.callRemote(ExtractEntities, texts=[article.data for article in articles])
         except Exception:
             answer = defer.fail(ExtractionFailed(f"the batch could not be sent to NER child {child.pid}", Failure()))
         answer.addBoth(self._returned, batch)
         answer.addErrback(self._bookkeeping_failed, batch)
+
+    def _watch(self, batch: Batch):
+        """The child has started on ``batch``: kill it should it still work once every deadline in it passed."""
+        batch.overrun = self.clock.callLater(max(0.0, batch.deadline - self.clock.seconds()), self._overran, batch)
 
     def _overran(self, batch: Batch):
         """The deadline of every article of the batch has passed while its child still works: kill the child."""
@@ -439,7 +467,10 @@ class NERPool(service.Service):
             batch.overrun.cancel()
         batch.overrun = None
         child = batch.child
-        child.release(self.clock.seconds())
+        died = isinstance(outcome, Failure) and (outcome.check(*_CHILD_GONE) is not None or batch.killed)
+        following = child.release(batch, self.clock.seconds(), goes_on=not died)
+        if following is not None:
+            self._watch(following)
         if not isinstance(outcome, Failure):
             child.rss = outcome.get("rss") if isinstance(outcome, dict) else None
         if child.state == IDLE:
@@ -473,7 +504,7 @@ class NERPool(service.Service):
             raise ValueError(f"the answer does not fit the batch: {len(results)} results for {len(batch.articles)} "
                              f"texts, or entities that are not lists")
         now = self.clock.seconds()
-        elapsed = now - batch.sent_at
+        elapsed = now - batch.started_at
         self._batch_seconds.observe(max(0.0, elapsed))
         if elapsed > 0:
             speed = batch.words / elapsed
@@ -494,6 +525,12 @@ class NERPool(service.Service):
                 self._counts["timeouts"] += 1
                 self._fail(article, ArticleTimeout(article.deadline, dispatched=True,
                                                    allowed=article.deadline - article.queued_at))
+        elif failure.check(*_CHILD_GONE) and not batch.started:
+            # It was waiting in the pipe of a child that died on another batch: not its doing, sent again.
+            for article in reversed(batch.waiting):
+                self._counts["resent"] += 1
+                article.dispatched = False
+                self._queue.retry_first(article)
         elif failure.check(*_CHILD_GONE):
             self._counts["crashes"] += 1
             log.warn("NER child {pid} died in a batch of {n}: retrying its articles one by one",
@@ -604,12 +641,18 @@ class NERPool(service.Service):
         for _ in range(min(self.max_children - len(live), self._queue.batches_needed() - starting)):
             self._spawn().addErrback(lambda _: None)
 
+    def _recycle_due(self, child: Child, pending: int = 0) -> bool:
+        """Whether ``child`` will have done ``recycle_after_tasks`` batches once its ``pending`` ones are done,
+        or has grown past ``recycle_rss_mb``."""
+        too_many = self.recycle_after_tasks and child.batches + pending >= self.recycle_after_tasks
+        too_big = self.recycle_rss_mb is not None and child.rss is not None and child.rss > self.recycle_rss_mb * 2**20
+        return bool(too_many or too_big)
+
     def _recycle_if_due(self, child: Child):
         """Replace a child that has done ``recycle_after_tasks`` batches or grown past ``recycle_rss_mb``."""
-        too_many = self.recycle_after_tasks and child.batches >= self.recycle_after_tasks
-        too_big = self.recycle_rss_mb is not None and child.rss is not None and child.rss > self.recycle_rss_mb * 2**20
-        if not (too_many or too_big):
+        if not self._recycle_due(child):
             return
+        too_many = self.recycle_after_tasks and child.batches >= self.recycle_after_tasks
         self._counts["recycled"] += 1
         why = f"{child.batches} batches" if too_many else f"{child.rss / 2**20:.0f} MB resident"
         log.info("recycling NER child {pid} after {why}", pid=child.pid, why=why)
@@ -664,7 +707,7 @@ class NERPool(service.Service):
             },
             **{name: counts[name] for name in (
                 "batches", "articles", "words", "restarts", "crashes", "timeouts", "poisoned", "recycled",
-                "overloaded", "cancelled", "killed", "failed", "retried", "pruned", "invalid", "shared",
+                "overloaded", "cancelled", "killed", "failed", "retried", "resent", "pruned", "invalid", "shared",
             )},
             "child_words_per_second": round(self._words_per_second or 0.0, 1),
             "model": self.model,
@@ -673,7 +716,8 @@ class NERPool(service.Service):
                     "pid": child.pid,
                     "state": child.state,
                     "busy": child.state == BUSY,
-                    "articles": len(child.batch.articles) if child.batch is not None else 0,
+                    "articles": sum(len(batch.articles) for batch in child.held),
+                    "waiting_in_pipe": sum(len(batch.articles) for batch in child.held[1:]),
                     "batches": child.batches,
                     "rss_mb": round(child.rss / 2**20, 1) if child.rss is not None else None,
                 }
@@ -716,6 +760,8 @@ NER_COUNTS = (
     ("pruned", "pipedingest_ner_child_prunes", "Extra children stopped after staying idle"),
     ("timeouts", "pipedingest_ner_timeouts", "Articles failed at their deadline"),
     ("retried", "pipedingest_ner_retried", "Articles retried alone after their child died"),
+    ("resent", "pipedingest_ner_resent",
+     "Articles waiting in the pipe of a child that died on another batch, sent again (not a crash)"),
     ("poisoned", "pipedingest_ner_poisoned", "Articles that took a child down twice (422)"),
     ("overloaded", "pipedingest_ner_overloaded", "Articles refused because too much was queued (503)"),
     ("invalid", "pipedingest_ner_invalid", "Texts refused because they cannot be encoded as UTF-8"),

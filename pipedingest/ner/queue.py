@@ -47,16 +47,23 @@ class Article:
 class Batch:
     """Articles sent to one child in one ``ExtractEntities`` call.
 
-    ``overrun`` is the timer that kills the child once the deadline of every article in the batch has passed;
-    ``killed`` is set when it did, so that the child's death is taken for a timeout, not a crash, and nothing
-    is retried.
+    A batch may wait in its child's pipe behind another (see ``NERPool`` ``prefetch``): ``started`` says the
+    child works on it (it is the first the child holds), since ``started_at``. ``overrun`` is the timer that
+    kills the child once the deadline of every article in the started batch has passed; ``killed`` is set when
+    it did, so that the child's death is taken for a timeout, not a crash, and nothing is retried.
     """
 
     articles: list
     child: object = None
     sent_at: float = 0.0
+    started: bool = False
+    started_at: float = 0.0
     killed: bool = False
     overrun: object = None
+
+    def start(self, now: float) -> None:
+        self.started = True
+        self.started_at = now
 
     @property
     def words(self) -> int:

@@ -10,6 +10,7 @@
       max_batch_docs: 16                        # micro-batching: one nlp.pipe call per batch
       max_batch_words: 8000
       max_wait: 0.005                           # seconds to hold articles for a fuller batch
+      prefetch: 1                               # batches a busy child holds besides its current one
       deadline: 20                              # seconds per article whose request sets no deadline
       max_queued: 1000                          # beyond this: 503 with Retry-After
       max_queued_words: 400000
@@ -39,6 +40,7 @@ POOL_OPTIONS = {
     "max_batch_docs": Option(int, 16, "articles in one batch at most", minimum=1),
     "max_batch_words": Option(int, 8000, "words in one batch at most", minimum=1),
     "max_wait": Option(float, 0.005, "seconds to hold articles for a fuller batch", minimum=0),
+    "prefetch": Option(int, 1, "batches a busy child holds besides the one it works on (0: none)", minimum=0),
     "deadline": Option(float, 20.0, "seconds an article may take when its request sets no deadline", above=0),
     "max_queued": Option(int, 1000, "articles waiting at most; beyond: 503", minimum=1),
     "max_queued_words": Option((int, type(None)), 400_000, "words waiting at most; beyond: 503", minimum=1),
