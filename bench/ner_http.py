@@ -68,6 +68,19 @@ def wait_ready(url: str, process, seconds: float = 120) -> None:
     raise SystemExit(f"{url} never became ready")
 
 
+def wait_peer(url: str, seconds: float = 120) -> None:
+    """gunicorn answers once a worker has loaded the model."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, b'{"body": "warm up"}', method="POST"))
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("the peer never answered")
+            time.sleep(0.5)
+
+
 def stop_all(processes) -> None:
     """SIGTERM each process, then wait for each (30 s before a SIGKILL)."""
     for process in processes:
@@ -110,6 +123,18 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def preempted(pid: int) -> int:
+    """Times the process was taken off a core while it still had work (nonvoluntary context switches)."""
+    try:
+        with open(f"/proc/{pid}/status") as stream:
+            for line in stream:
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def children_of(pid: int) -> list[int]:
@@ -200,12 +225,16 @@ def side_by_side(options, texts, words, jsonl, daemon, daemon_port, daemon_url, 
         raw = raw_seconds(len(texts), options.children, 16)
         children = [process["pid"] for process in daemon_state(daemon_port)["processes"]]
         before = [cpu_seconds(pid) for pid in (daemon.pid, *children)]
+        switches = sum(preempted(pid) for pid in children)
         ours = load(daemon_url, jsonl, options.concurrency)
         after = [cpu_seconds(pid) for pid in (daemon.pid, *children)]
+        switches = sum(preempted(pid) for pid in children) - switches
         workers = children_of(peer.pid)
         peer_before = sum(cpu_seconds(pid) for pid in workers)
+        peer_switches = sum(preempted(pid) for pid in workers)
         theirs = load(peer_url, jsonl, options.concurrency)
         peer_cpu = sum(cpu_seconds(pid) for pid in workers) - peer_before
+        peer_switches = sum(preempted(pid) for pid in workers) - peer_switches
         reactor_cpu = after[0] - before[0]
         children_cpu = sum(after[1:]) - sum(before[1:])
         row = {"raw": words / raw, "daemon": words / ours["seconds"], "peer": words / theirs["seconds"],
@@ -215,6 +244,7 @@ def side_by_side(options, texts, words, jsonl, daemon, daemon_port, daemon_url, 
                "children_ms": 1000 * children_cpu / words * 1000, "reactor_ms": 1000 * reactor_cpu / words * 1000,
                "loader_ms": 1000 * ours["loader_cpu"] / words * 1000,
                "workers_ms": 1000 * peer_cpu / words * 1000,
+               "children_preempted": switches / len(texts), "workers_preempted": peer_switches / len(texts),
                "peer_loader_ms": 1000 * theirs["loader_cpu"] / words * 1000,
                "daemon_use": (children_cpu + reactor_cpu + ours["loader_cpu"]) / (2 * ours["seconds"]),
                "peer_use": (peer_cpu + theirs["loader_cpu"]) / (2 * theirs["seconds"])}
@@ -225,7 +255,8 @@ def side_by_side(options, texts, words, jsonl, daemon, daemon_port, daemon_url, 
         print(f"  CPU ms per 1,000 words: daemon children {row['children_ms']:.1f} + reactor process "
               f"{row['reactor_ms']:.1f} + loader {row['loader_ms']:.1f}; peer workers {row['workers_ms']:.1f} + "
               f"loader {row['peer_loader_ms']:.1f}; share of 2 cores used: daemon {row['daemon_use']:.0%}, "
-              f"peer {row['peer_use']:.0%}", flush=True)
+              f"peer {row['peer_use']:.0%}; preempted per article: children {row['children_preempted']:.1f}, "
+              f"workers {row['workers_preempted']:.1f}", flush=True)
 
     print()
     print(f"median words/s: raw nlp.pipe {median(rounds, 'raw'):.0f}, daemon {median(rounds, 'daemon'):.0f}, "
@@ -357,15 +388,7 @@ def main() -> None:
         wait_ready(f"http://127.0.0.1:{daemon_port}/ready", daemon)
         daemon_url = f"http://127.0.0.1:{daemon_port}/entities"  # extraction only, like the peer: no store
         peer_url = f"http://127.0.0.1:{peer_port}/articles"
-        deadline = time.monotonic() + 120
-        while True:  # gunicorn answers once a worker has loaded the model
-            try:
-                urllib.request.urlopen(urllib.request.Request(peer_url, b'{"body": "warm up"}', method="POST"))
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the peer never answered")
-                time.sleep(0.5)
+        wait_peer(peer_url)
         load(daemon_url, latency_jsonl, 2)  # warm both up on a few articles
         load(peer_url, latency_jsonl, 2)
 

@@ -6,7 +6,9 @@ Starts ``twistd -n ingest -c conf/dev.yaml`` (2 children) and runs two phases, e
 reactor process and one child at the same time (``--nonblocking``, so the processes are not paused):
 
 1. **load**: real news articles through ``POST /entities`` with ``--concurrency`` requests in flight;
-2. **one word**: one-word articles, one request at a time: the fixed cost of a round trip.
+2. **one word**: one-word articles, one request at a time: the fixed cost of a round trip;
+
+then py-spy on a worker of the falcon+gunicorn peer (bench/peer_falcon.py) under the same load as phase 1.
 
 For each process's main thread it prints the functions with the most samples, by own time (the frame that was
 running) and by total time (the frame anywhere on the stack), as shares of all samples (``--idle`` is on: time
@@ -29,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
 sys.path.insert(0, HERE)
-from ner_http import free_port, stop_all, wait_ready  # noqa: E402
+from ner_http import children_of, free_port, stop_all, wait_peer, wait_ready  # noqa: E402
 from raw_vs_pool import corpus  # noqa: E402
 
 
@@ -39,9 +41,16 @@ def frame_name(frame: str) -> str:
     return f"{name} ({os.path.basename(where.rsplit(':', 1)[0].rstrip(')'))})" if where else name
 
 
+#: frames in which a process runs spaCy itself: the child's batch, the peer's ``nlp(text)``
+IN_SPACY = ("pipe (language.py)", "__call__ (language.py)")
+
+
 def summarise(raw_path: str, top: int) -> list[str]:
-    """Own and total shares of the top functions in py-spy's raw (collapsed stack) output."""
+    """Own and total shares of the top functions in py-spy's raw (collapsed stack) output, and the share of
+    samples inside spaCy (``IN_SPACY``) against the rest of the busy samples (not waiting in ``doPoll`` or
+    ``accept``/``select``)."""
     own, total, samples = collections.Counter(), collections.Counter(), 0
+    spacy, idle = 0, 0
     with open(raw_path, encoding="utf-8", errors="replace") as stream:
         for line in stream:
             stack, _, count = line.rstrip("\n").rpartition(" ")
@@ -53,11 +62,18 @@ def summarise(raw_path: str, top: int) -> list[str]:
                 continue
             samples += count
             own[frames[-1]] += count
+            if any(frame in IN_SPACY for frame in frames):
+                spacy += count
+            elif frames[-1].startswith(("doPoll (", "select (", "accept (", "wait (", "sleep (")):
+                idle += count
             for frame in set(frames):
                 total[frame] += count
     if not samples:
         return ["  (no samples)"]
-    lines = [f"  {samples} samples; own time:"]
+    busy = samples - idle
+    lines = [f"  {samples} samples: waiting {100 * idle / samples:.1f} %, busy {100 * busy / samples:.1f} %, "
+             f"of which in spaCy {100 * spacy / max(1, busy):.1f} %, the rest {100 * (busy - spacy) / max(1, busy):.1f} %",
+             "  own time:"]
     lines += [f"    {100 * n / samples:5.1f} %  {name}" for name, n in own.most_common(top)]
     lines.append("  total time (on the stack):")
     lines += [f"    {100 * n / samples:5.1f} %  {name}" for name, n in total.most_common(top)]
@@ -75,17 +91,28 @@ def load(url: str, path: str, concurrency: int) -> subprocess.Popen:
                              "--json", "--no-progress", "--failed", os.devnull], stdout=subprocess.PIPE, text=True)
 
 
-def phase(title: str, url: str, path: str, concurrency: int, pids: dict, seconds: float, workdir: str,
+def extracted(port: int) -> tuple[int, int]:
+    """Articles and words the pool has extracted so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status") as response:
+        pool = json.loads(response.read())["components"]["ner.pool"]
+    return pool["articles"], pool["words"]
+
+
+def phase(title: str, port: int, path: str, concurrency: int, pids: dict, seconds: float, workdir: str,
           top: int) -> None:
-    loader = load(url, path, concurrency)
+    loader = load(f"http://127.0.0.1:{port}/entities", path, concurrency)
     time.sleep(1.0)  # past the loader's start-up
+    before, started = extracted(port), time.monotonic()
     spies = {name: (record(pid, seconds, os.path.join(workdir, f"{title}-{name}.txt")), pid)
              for name, pid in pids.items()}
     for spy, _ in spies.values():
         spy.wait()
+    after, elapsed = extracted(port), time.monotonic() - started
     loader.kill()
     loader.wait()
-    print(f"\n## {title}")
+    articles, words = after[0] - before[0], after[1] - before[1]
+    print(f"\n## {title}: {articles} articles ({words} words) in {elapsed:.1f} s, {concurrency} in flight: "
+          f"{1000 * elapsed / max(1, articles):.2f} ms per article, {words / elapsed:.0f} words/s")
     for name, (spy, pid) in spies.items():
         print(f"\n{name} (pid {pid}):")
         print("\n".join(summarise(os.path.join(workdir, f"{title}-{name}.txt"), top)))
@@ -115,16 +142,31 @@ def main() -> None:
                                os.path.join(ROOT, "conf", "dev.yaml"), "-O", f"web.main.port={port}",
                                "-O", "ner.min_children=2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    processes = [daemon]
     try:
         wait_ready(f"http://127.0.0.1:{port}/ready", daemon)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status") as response:
             children = json.loads(response.read())["components"]["ner.pool"]["processes"]
         pids = {"reactor process": daemon.pid, "NER child": children[0]["pid"]}
-        url = f"http://127.0.0.1:{port}/entities"
-        phase("load", url, news, options.concurrency, pids, options.seconds, workdir, options.top)
-        phase("one word", url, words, 1, pids, options.seconds, workdir, options.top)
+        phase("load", port, news, options.concurrency, pids, options.seconds, workdir, options.top)
+        phase("one word", port, words, 1, pids, options.seconds, workdir, options.top)
+        peer_port = free_port()
+        peer = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{peer_port}",
+                                 "--chdir", HERE, "--log-level", "warning", "--timeout", "300", "peer_falcon:app"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(peer)
+        wait_peer(f"http://127.0.0.1:{peer_port}/articles")
+        loader = load(f"http://127.0.0.1:{peer_port}/articles", news, options.concurrency)
+        time.sleep(1.0)
+        worker = children_of(peer.pid)[0]
+        path = os.path.join(workdir, "peer-worker.txt")
+        record(worker, options.seconds, path).wait()
+        loader.kill()
+        loader.wait()
+        print(f"\n## the peer under the same load: a gunicorn worker (pid {worker})")
+        print("\n".join(summarise(path, options.top)))
     finally:
-        stop_all([daemon])
+        stop_all(processes)
 
 
 if __name__ == "__main__":

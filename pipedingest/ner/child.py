@@ -7,6 +7,7 @@ This is the only module of the daemon that imports spaCy. The pool starts it as
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -22,10 +23,17 @@ from pipedingest.ner.errors import ModelLoadFailed
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
+#: a batch longer than this (characters) is never learned from, whatever ``learn_every`` says: one huge or
+#: hostile article must not leave its strings in a child for good
+LEARN_MAX_CHARS = 50_000
+
 
 @dataclass(frozen=True)
 class ChildSettings:
     """What a child needs to load its model; the pool writes it as JSON, the child reads it back.
+
+    ``learn_every``: every so many batches (the first included), a batch of at most ``LEARN_MAX_CHARS`` runs
+    outside spaCy's memory zone, so that its words stay in the vocabulary and the tokenizer's cache (0: never).
 
     ``crash_marker_for_tests`` is a test hook and nothing else: when set, a batch containing a text with that
     marker makes the child ``os._exit`` at once, which is how tests put a crash at an exact moment (a poison
@@ -35,6 +43,7 @@ class ChildSettings:
     model: str
     exclude: tuple[str, ...] = ()
     max_chars: int = 2_000_000
+    learn_every: int = 50
     crash_marker_for_tests: str = ""
 
     def to_json(self) -> str:
@@ -77,6 +86,7 @@ class NERChild(AMPChild):
         self.load_error = None
         self._batches = collections.deque()
         self._turn = None
+        self._done = 0
         try:
             import spacy
 
@@ -130,8 +140,14 @@ class NERChild(AMPChild):
         marker = self.settings.crash_marker_for_tests
         if marker and any(marker in text for text in texts):
             os._exit(70)
-        # memory_zone frees the strings and docs a batch interned, so a child's memory does not creep up.
-        with nlp.memory_zone():
+        # memory_zone frees the strings, lexemes and tokenizer cache entries a batch added, so a child's memory
+        # does not creep up. It also forgets every word, so each article is tokenized from scratch: a batch now
+        # and then (the first, then every learn_every-th, when small) runs outside the zone, and the words it
+        # brings stay known and cached for good.
+        learn = (self.settings.learn_every and self._done % self.settings.learn_every == 0
+                 and sum(len(text) for text in texts) <= LEARN_MAX_CHARS)
+        self._done += 1
+        with contextlib.nullcontext() if learn else nlp.memory_zone():
             results = [
                 {"entities": [
                     {"text": ent.text, "label": ent.label_, "start": ent.start_char, "end": ent.end_char}
