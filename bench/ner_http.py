@@ -46,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
 sys.path.insert(0, HERE)
+from procfs import children_of, cpu_seconds, preempted, rss_mib  # noqa: E402
 from raw_vs_pool import EXCLUDE, MODEL, corpus  # noqa: E402
 
 
@@ -104,43 +105,6 @@ def load(url: str, path: str, concurrency: int) -> dict:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     summary["loader_cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return summary
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process so far (from /proc); 0 for a process that is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            fields = stream.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process now, in MiB (VmRSS)."""
-    with open(f"/proc/{pid}/status") as stream:
-        for line in stream:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def preempted(pid: int) -> int:
-    """Times the process was taken off a core while it still had work (nonvoluntary context switches)."""
-    try:
-        with open(f"/proc/{pid}/status") as stream:
-            for line in stream:
-                if line.startswith("nonvoluntary_ctxt_switches:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def children_of(pid: int) -> list[int]:
-    """The pids of a process's children (gunicorn's workers)."""
-    with open(f"/proc/{pid}/task/{pid}/children") as stream:
-        return [int(field) for field in stream.read().split()]
 
 
 def write_jsonl(path: str, prefix: str, texts: list[str]) -> str:

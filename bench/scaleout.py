@@ -54,6 +54,7 @@ ROOT = os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN, "twistd")
 sys.path[:0] = [HERE, ROOT]
+from procfs import TICK, cpu_seconds  # noqa: E402
 from raw_vs_pool import corpus  # noqa: E402
 
 from tests import redis_server  # noqa: E402
@@ -65,7 +66,6 @@ FRONT = os.path.join(ROOT, "conf", "front.yaml")
 SUBNET = "10.77.0"                      # the bridge is .1, host i is .(10 + i)
 PREFIX = "pipedingest-scaleout"         # of namespaces and cgroups: PREFIX-<pid of the benchmark>...
 PERIOD_US = 100_000
-TICK = os.sysconf("SC_CLK_TCK")
 READY_LINE = "reading extractions ("
 
 
@@ -75,16 +75,6 @@ def run(*command: str) -> str:
     if done.returncode:
         raise SystemExit(f"`{shlex.join(command)}` failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process so far (from /proc), 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            fields = stream.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def machine_seconds() -> tuple[float, float]:

@@ -91,18 +91,21 @@ async def test_a_bad_article_among_queued_ones_hurts_nobody(daemons):
     daemon = await daemons(path=DEV, overrides=PORT0 + ["ner.min_children=1", "status-tests=null"])
     pool = daemon.runtime.get("ner.pool")
     (pid,) = [process["pid"] for process in pool.state()["processes"]]
-    os.kill(pid, signal.SIGSTOP)  # the child holds the first article: the next ones queue behind it
+    # The child holds the first article and, in its pipe, the second (prefetch: 1): the next ones queue.
+    os.kill(pid, signal.SIGSTOP)
     try:
-        first = defer.ensureDeferred(post(daemon, "/articles", json.dumps({"id": "q1", "body": "Oslo."}).encode()))
-        await until(lambda: pool.state()["in_flight"]["articles"] == 1, what="the first article in the child")
-        second = defer.ensureDeferred(post(daemon, "/articles", json.dumps({"id": "q2", "body": "Lima."}).encode()))
-        await until(lambda: pool.state()["queued"]["articles"] == 1, what="the second article queued")
+        good = []
+        for index, (body, held, queued) in enumerate((("Oslo.", 1, 0), ("Lima.", 2, 0), ("Kyiv.", 2, 1))):
+            article = json.dumps({"id": f"q{index}", "body": body}).encode()
+            good.append(defer.ensureDeferred(post(daemon, "/articles", article)))
+            await until(lambda: (pool.state()["in_flight"]["articles"], pool.state()["queued"]["articles"])
+                        == (held, queued), what=f"article {index} in the child, its pipe or the queue")
         code, answer = await post(daemon, "/articles", b'{"id":"bad","body":"Rome \\ud800"}')
         assert code == 400 and "lone surrogate" in answer["error"]["message"]
         assert pool.state()["queued"]["articles"] == 1
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert [(await first)[0], (await second)[0]] == [201, 201]
+    assert [(await result)[0] for result in good] == [201, 201, 201]
     state = pool.state()
     assert state["failed"] == 0 and state["invalid"] == 0 and state["queued"]["articles"] == 0
 

@@ -112,7 +112,7 @@ async def test_a_deadline_kill_fails_only_the_overrunning_article_and_resends_th
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_article_waiting_in_a_pipe_still_fails_at_its_own_deadline(pool, corpus, ready):
+async def test_an_article_waiting_in_a_pipe_still_fails_at_its_own_deadline(pool, corpus, alone, ready):
     await ready()
     before = pool.state()
     first = pool.extract(corpus[880])
@@ -123,7 +123,7 @@ async def test_an_article_waiting_in_a_pipe_still_fails_at_its_own_deadline(pool
     with pytest.raises(ArticleTimeout) as raised:
         await waiting
     assert raised.value.dispatched and raised.value.allowed == 0.5
-    assert (await first)["entities"] is not None
+    assert (await first)["entities"] == alone(corpus[880])
     after = pool.state()
     assert after["killed"] == before["killed"]  # the child works on another article: nothing to kill
     assert after["timeouts"] == before["timeouts"] + 1
