@@ -23,8 +23,8 @@ from pipedingest.ner.errors import ModelLoadFailed
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
-#: a batch longer than this (characters) is never learned from, whatever ``learn_every`` says: one huge or
-#: hostile article must not leave its strings in a child for good
+#: a batch longer than this (characters) is never learned from: one huge or hostile article must not leave its
+#: strings in a child for good
 LEARN_MAX_CHARS = 50_000
 
 
@@ -32,8 +32,9 @@ LEARN_MAX_CHARS = 50_000
 class ChildSettings:
     """What a child needs to load its model; the pool writes it as JSON, the child reads it back.
 
-    ``learn_every``: every so many batches (the first included), a batch of at most ``LEARN_MAX_CHARS`` runs
-    outside spaCy's memory zone, so that its words stay in the vocabulary and the tokenizer's cache (0: never).
+    ``learn_lexemes``: while the vocabulary holds fewer lexemes than this, a batch of at most ``LEARN_MAX_CHARS``
+    runs outside spaCy's memory zone, so that its words stay in the vocabulary and the tokenizer's cache for good
+    (0: never). About 0.9 KiB each: the default, 30,000, is reached after some 700 news articles, for ~27 MiB.
 
     ``crash_marker_for_tests`` is a test hook and nothing else: when set, a batch containing a text with that
     marker makes the child ``os._exit`` at once, which is how tests put a crash at an exact moment (a poison
@@ -43,7 +44,7 @@ class ChildSettings:
     model: str
     exclude: tuple[str, ...] = ()
     max_chars: int = 2_000_000
-    learn_every: int = 50
+    learn_lexemes: int = 30_000
     crash_marker_for_tests: str = ""
 
     def to_json(self) -> str:
@@ -86,7 +87,6 @@ class NERChild(AMPChild):
         self.load_error = None
         self._batches = collections.deque()
         self._turn = None
-        self._done = 0
         try:
             import spacy
 
@@ -141,12 +141,10 @@ class NERChild(AMPChild):
         if marker and any(marker in text for text in texts):
             os._exit(70)
         # memory_zone frees the strings, lexemes and tokenizer cache entries a batch added, so a child's memory
-        # does not creep up. It also forgets every word, so each article is tokenized from scratch: a batch now
-        # and then (the first, then every learn_every-th, when small) runs outside the zone, and the words it
-        # brings stay known and cached for good.
-        learn = (self.settings.learn_every and self._done % self.settings.learn_every == 0
+        # does not creep up. It also forgets every word, so each article would be tokenized from scratch: until
+        # the vocabulary holds learn_lexemes, small batches run outside the zone and their words stay cached.
+        learn = (len(nlp.vocab) < self.settings.learn_lexemes
                  and sum(len(text) for text in texts) <= LEARN_MAX_CHARS)
-        self._done += 1
         with contextlib.nullcontext() if learn else nlp.memory_zone():
             results = [
                 {"entities": [

@@ -92,9 +92,9 @@ class NERPool(service.Service):
     - ``recycle_after_tasks``: replace a child after that many batches (0: never);
       ``recycle_rss_mb``: replace a child whose resident memory exceeds that after a batch (None: never).
     - ``max_chars``: the longest article accepted (also the children's ``nlp.max_length``).
-    - ``learn_every``: a child keeps the words of its first small batch, then of every ``learn_every``-th,
-      outside spaCy's memory zone, so they stay cached; every other batch leaves nothing behind (see
-      ``ChildSettings``). 0: every batch in a zone.
+    - ``learn_lexemes``: a child keeps the words of its small batches, outside spaCy's memory zone, until its
+      vocabulary holds this many lexemes, so that common words stay cached; after that, and for big batches, a
+      batch leaves nothing behind (see ``ChildSettings``). 0: every batch in a zone.
     - ``crash_marker_for_tests``: a test hook, see ``ChildSettings``; never set it in a real configuration.
     """
 
@@ -117,7 +117,7 @@ class NERPool(service.Service):
         recycle_after_tasks: int = 0,
         recycle_rss_mb: float | None = None,
         max_chars: int = 2_000_000,
-        learn_every: int = 50,
+        learn_lexemes: int = 30_000,
         max_idle: float = 60.0,
         clock=None,
         reactor=None,
@@ -130,8 +130,8 @@ class NERPool(service.Service):
             raise ValueError(f"need 1 <= min_children <= max_children, got {min_children} and {max_children}")
         if max_batch_docs < 1 or max_batch_words < 1 or max_queued < 1:
             raise ValueError("max_batch_docs, max_batch_words and max_queued must be at least 1")
-        if max_wait < 0 or prefetch < 0 or learn_every < 0 or deadline <= 0 or max_idle <= 0:
-            raise ValueError("max_wait, prefetch and learn_every must be >= 0, deadline and max_idle > 0")
+        if max_wait < 0 or prefetch < 0 or learn_lexemes < 0 or deadline <= 0 or max_idle <= 0:
+            raise ValueError("max_wait, prefetch and learn_lexemes must be >= 0, deadline and max_idle > 0")
         self.location = ModelLocation.find(model)
         unknown = self.location.unknown_components(exclude)
         if unknown:
@@ -140,7 +140,7 @@ class NERPool(service.Service):
                 f"it has only {', '.join(self.location.components)}"
             )
         self.settings = ChildSettings(
-            model=model, exclude=tuple(exclude), max_chars=max_chars, learn_every=learn_every,
+            model=model, exclude=tuple(exclude), max_chars=max_chars, learn_lexemes=learn_lexemes,
             crash_marker_for_tests=crash_marker_for_tests
         )
         self.min_children = min_children

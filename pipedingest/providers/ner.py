@@ -48,8 +48,8 @@ POOL_OPTIONS = {
     "recycle_rss_mb": Option((float, type(None)), 1500.0, "replace a child whose memory grows past this",
                              above=0),
     "max_chars": Option(int, 2_000_000, "the longest article accepted (413 beyond)", minimum=1),
-    "learn_every": Option(int, 50, "a child keeps the words of one small batch in this many (0: none)",
-                          minimum=0),
+    "learn_lexemes": Option(int, 30_000, "a child keeps the words of small batches until it knows this many "
+                            "(0: none)", minimum=0),
     "max_idle": Option(float, 60.0, "seconds before an idle extra child is stopped", above=0),
     "crash_marker_for_tests": Option(str, "", "TEST HOOK ONLY: a child exits when a text contains this"),
 }

