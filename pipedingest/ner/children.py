@@ -191,11 +191,6 @@ class Child:
         """The batch it works on, if any."""
         return self.held[0] if self.held else None
 
-    @property
-    def waiting_words(self) -> int:
-        """Words of the batches it holds: what it has to do before it could start another."""
-        return sum(batch.words for batch in self.held)
-
     def take(self, batch, now: float) -> None:
         """Give it a batch; ``batch.started`` says whether it works on it at once (it held nothing)."""
         self.state = BUSY

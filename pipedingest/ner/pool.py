@@ -83,8 +83,8 @@ class NERPool(service.Service):
       queued articles may be held for more to arrive while a child is free but others are busy. An idle pool
       sends at once.
     - ``prefetch``: batches a busy child may hold besides the one it works on (0: none). A busy child gets a
-      full batch this way, or any batch when ``max_wait`` is 0; it goes to the busy child with the fewest
-      words left to do.
+      full batch this way, or any batch when ``max_wait`` is 0; it goes to the busy child that should be free
+      first (the fewest words left, at the recently measured speed).
     - ``deadline``: seconds from ``extract()`` to the answer, queueing included, for an article whose caller
       gives no deadline of its own.
     - ``max_queued`` (articles) and ``max_queued_words``: bound on the waiting (not yet dispatched) work;
@@ -413,11 +413,22 @@ class NERPool(service.Service):
             roomy = self._with_room()
             if not roomy:
                 break
-            self._send(min(roomy, key=lambda child: child.waiting_words), self._queue.next_batch())
+            now = self.clock.seconds()
+            self._send(min(roomy, key=lambda child: self._work_left(child, now)), self._queue.next_batch())
         if not self._queue and self._window is not None:
             if self._window.active():
                 self._window.cancel()
             self._window = None
+
+    def _work_left(self, child: Child, now: float) -> float:
+        """Words ``child`` has yet to do: what it holds, less what it has done of the batch it works on, at the
+        recently measured speed. The child with the least is the first free: it gets the next batch."""
+        rate = self._words_per_second or 0.0
+        left = 0.0
+        for batch in child.held:
+            done = (now - batch.started_at) * rate if batch.started else 0.0
+            left += max(0.0, batch.words - done)
+        return left
 
     def _with_room(self) -> list[Child]:
         """Busy children that may be given one more batch now (see ``prefetch``).
@@ -446,8 +457,16 @@ class NERPool(service.Service):
         answer.addErrback(self._bookkeeping_failed, batch)
 
     def _watch(self, batch: Batch):
-        """The child has started on ``batch``: kill it should it still work once every deadline in it passed."""
-        batch.overrun = self.clock.callLater(max(0.0, batch.deadline - self.clock.seconds()), self._overran, batch)
+        """The child has started on ``batch``: kill it should it still work once every deadline in it passed.
+
+        A batch whose deadlines all passed while it waited in the child's pipe is left the time it should take
+        (twice the recent speed, plus a second): killing the child at once would cost a restart for an article
+        that is about done, yet one that runs far longer is still stopped."""
+        now = self.clock.seconds()
+        due = batch.deadline
+        if due <= now:
+            due = now + (2 * batch.words / self._words_per_second + 1 if self._words_per_second else self.deadline)
+        batch.overrun = self.clock.callLater(due - now, self._overran, batch)
 
     def _overran(self, batch: Batch):
         """The deadline of every article of the batch has passed while its child still works: kill the child."""

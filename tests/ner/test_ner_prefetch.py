@@ -112,7 +112,9 @@ async def test_a_deadline_kill_fails_only_the_overrunning_article_and_resends_th
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_article_waiting_in_a_pipe_still_fails_at_its_own_deadline(pool, corpus, alone, ready):
+async def test_an_article_waiting_in_a_pipe_still_fails_at_its_own_deadline_and_its_child_is_spared(
+    pool, corpus, alone, ready, until
+):
     await ready()
     before = pool.state()
     first = pool.extract(corpus[880])
@@ -123,7 +125,41 @@ async def test_an_article_waiting_in_a_pipe_still_fails_at_its_own_deadline(pool
     with pytest.raises(ArticleTimeout) as raised:
         await waiting
     assert raised.value.dispatched and raised.value.allowed == 0.5
+    (child,) = [process["pid"] for process in pool.state()["processes"]]
     assert (await first)["entities"] == alone(corpus[880])
+    # The expired article now runs in the child: not a reason to kill it at once, it is about done.
+    pool.clock.advance(0)
+    await until(lambda: [process["state"] for process in pool.state()["processes"]] == [IDLE],
+                what="the child done with the expired article too")
     after = pool.state()
-    assert after["killed"] == before["killed"]  # the child works on another article: nothing to kill
-    assert after["timeouts"] == before["timeouts"] + 1
+    assert after["killed"] == before["killed"] and [process["pid"] for process in after["processes"]] == [child]
+    assert after["timeouts"] == before["timeouts"] + 1 and after["batches"] == before["batches"] + 2
+    assert pool.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_next_article_goes_to_the_child_that_should_be_free_first(model, corpus, alone, until):
+    """Two busy children: the one with the longer article, started long before, has less left to do than the one
+    that just started a shorter one, so the next article waits in the first one's pipe."""
+    pool = NERPool(**model, min_children=2, max_batch_docs=1, max_wait=0, prefetch=1, deadline=1000.0,
+                   clock=task.Clock())
+    await pool.startService()
+    try:
+        await until(lambda: [process["state"] for process in pool.state()["processes"]] == [IDLE, IDLE],
+                    what="two idle children")
+        speed = pool.extract(corpus[890])
+        pool.clock.advance(1.0)  # before any answer can arrive: the pool measures len(words) / 1 s
+        await speed
+        long, short = " ".join(corpus[891:895]), corpus[895]
+        assert len(long.split()) > 2 * len(short.split())
+        first = pool.extract(long)
+        (started_long,) = [p["pid"] for p in pool.state()["processes"] if p["busy"]]
+        pool.clock.advance(100.0)  # at the measured speed, the long article is about done by now
+        second = pool.extract(short)
+        third = pool.extract(corpus[896])
+        held = {p["pid"]: p["articles"] for p in pool.state()["processes"]}
+        assert held[started_long] == 2, held  # not the child that just started the short article
+        outcomes = await defer.gatherResults([first, second, third])
+        assert [found["entities"] for found in outcomes] == [alone(long), alone(short), alone(corpus[896])]
+    finally:
+        await pool.stopService()
