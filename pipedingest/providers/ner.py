@@ -16,6 +16,7 @@
       max_queued_words: 400000
       recycle_after_tasks: 10000                # replace a child after this many batches (0: never)
       recycle_rss_mb: 1500                      # ... or when it grows past this (null: never)
+      learn_lexemes: 30000                      # a child keeps the words it meets until it knows this many
 
 Registered as the resource ``ner.pool``. A missing model is a configuration
 error, found before any port is bound.
