@@ -186,11 +186,6 @@ class Child:
         self.state = IDLE
         self.idle_since = now
 
-    @property
-    def batch(self):
-        """The batch it works on, if any."""
-        return self.held[0] if self.held else None
-
     def take(self, batch, now: float) -> None:
         """Give it a batch; ``batch.started`` says whether it works on it at once (it held nothing)."""
         self.state = BUSY

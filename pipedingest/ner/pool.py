@@ -441,7 +441,7 @@ class NERPool(service.Service):
     def _send(self, child: Child, articles: list[Article]):
         """Give ``articles`` to ``child``. Whatever goes wrong here fails these articles only."""
         now = self.clock.seconds()
-        batch = Batch(articles=articles, sent_at=now)
+        batch = Batch(articles=articles)
         for article in articles:
             article.dispatched = True
         child.take(batch, now)
@@ -665,20 +665,21 @@ class NERPool(service.Service):
         for _ in range(min(self.max_children - len(live), self._queue.batches_needed() - starting)):
             self._spawn().addErrback(lambda _: None)
 
-    def _recycle_due(self, child: Child, pending: int = 0) -> bool:
-        """Whether ``child`` will have done ``recycle_after_tasks`` batches once its ``pending`` ones are done,
-        or has grown past ``recycle_rss_mb``."""
-        too_many = self.recycle_after_tasks and child.batches + pending >= self.recycle_after_tasks
-        too_big = self.recycle_rss_mb is not None and child.rss is not None and child.rss > self.recycle_rss_mb * 2**20
-        return bool(too_many or too_big)
+    def _recycle_due(self, child: Child, pending: int = 0) -> str | None:
+        """Why ``child`` is due for recycling once its ``pending`` batches are done, if it is: it will have done
+        ``recycle_after_tasks`` batches, or it has grown past ``recycle_rss_mb``."""
+        if self.recycle_after_tasks and child.batches + pending >= self.recycle_after_tasks:
+            return f"{child.batches + pending} batches"
+        if self.recycle_rss_mb is not None and child.rss is not None and child.rss > self.recycle_rss_mb * 2**20:
+            return f"{child.rss / 2**20:.0f} MB resident"
+        return None
 
     def _recycle_if_due(self, child: Child):
         """Replace a child that has done ``recycle_after_tasks`` batches or grown past ``recycle_rss_mb``."""
-        if not self._recycle_due(child):
+        why = self._recycle_due(child)
+        if why is None:
             return
-        too_many = self.recycle_after_tasks and child.batches >= self.recycle_after_tasks
         self._counts["recycled"] += 1
-        why = f"{child.batches} batches" if too_many else f"{child.rss / 2**20:.0f} MB resident"
         log.info("recycling NER child {pid} after {why}", pid=child.pid, why=why)
         child.stop(STOP_GRACE)
         self._restore()

@@ -55,7 +55,6 @@ class Batch:
 
     articles: list
     child: object = None
-    sent_at: float = 0.0
     started: bool = False
     started_at: float = 0.0
     killed: bool = False
