@@ -1,6 +1,6 @@
 # The two commands a new user needs (see README.md): `make run` and `make test`.
 # Both set everything up first; scripts/bootstrap is idempotent and quick when nothing changed.
-.PHONY: run test check bench profile fuzz config-fuzz scaleout setup
+.PHONY: run test check bench profile fuzz config-fuzz scaleout setup dist
 
 CONFIG ?= conf/dev.yaml
 
@@ -12,6 +12,10 @@ run: setup
 
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+# The sdist and the wheel (with the shipped configurations and deploy/ as package data) into dist/
+dist: setup
+	.venv/bin/python -m build --no-isolation --outdir dist .
 
 check: setup
 	.venv/bin/twistd --pidfile= -n ingest -c $(CONFIG) --check
