@@ -5,7 +5,9 @@ Modes:
 * default — build the daemon and hand it to twistd;
 * ``--check`` — load and check the configuration, print every problem, exit
   0 when clean and 2 otherwise; a clean one also prints its service graph (what
-  each service needs, the start and stop order); nothing is started;
+  each service needs, the start and stop order), and warns (on stderr, still
+  exit 0) when the NER children would not fit in the cgroup's memory limit;
+  nothing is started;
 * ``--self-test`` — start the daemon, run its status tests, print a
   trial-style report, stop, and exit 0 (all passed), 1 (some failed) or 2
   (configuration errors);
@@ -114,6 +116,11 @@ def makeService(options):
         print(f"{options['config']}: configuration OK ({len(daemon.pipelines)} pipelines, "
               f"{len(daemon.sites)} sites, {daemon.status_tests.count if daemon.status_tests else 0} status tests)")
         print(daemon.graph.describe())
+        from pipedingest.providers.ner import memory_warning
+
+        warning = memory_warning(daemon.runtime)
+        if warning:
+            print(warning, file=sys.stderr)
         raise SystemExit(EXIT_OK)
     if options["graph"]:
         from pipedingest.dot import render

