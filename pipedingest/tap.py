@@ -33,9 +33,12 @@ SELF_TEST_WAIT = 30.0
 
 
 class Options(usage.Options):
-    synopsis = "-c CONFIG [-O KEY=VALUE ...] [--check | --self-test | --graph]"
+    synopsis = "-c CONFIG [--env-file FILE] [-O KEY=VALUE ...] [--check | --self-test | --graph]"
     longdesc = "Run the pipedingest daemon described by a YAML configuration."
     optParameters = [["config", "c", None, "the YAML configuration file"],
+                     ["env-file", None, None, "KEY=VALUE lines to add to the environment before the configuration "
+                                              "is loaded (variables already set win), as systemd's "
+                                              "EnvironmentFile= reads them"],
                      ["log-format", None, None, "text or json (one JSON object per line); default: the "
                                                 "configuration's daemon.log_format, else text"]]
     optFlags = [
@@ -96,10 +99,13 @@ def load_daemon(options, reactor=None, stream=None):
     """Load, check and build; on configuration errors print them all and exit 2."""
     from pipedingest.config.errors import ConfigErrors
     from pipedingest.config.loader import load_config
+    from pipedingest.envfile import apply_env_file
     from pipedingest.service import build_daemon
 
     stream = stream or sys.stderr
     try:
+        if options["env-file"]:
+            apply_env_file(options["env-file"])
         config = load_config(options["config"], options["overrides"])
         return build_daemon(config, reactor)
     except ConfigErrors as errors:
