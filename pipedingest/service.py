@@ -42,6 +42,7 @@ from pipedingest.graph import DRAINING, ServiceGraph, StartFailed
 from pipedingest.providers.daemon import default_settings
 from pipedingest.providers.system_events import SystemEvent
 from pipedingest.reload import carry_over, checksum, mark_kept, replaced
+from pipedingest.sdnotify import SystemdNotifier
 from pipedingest.status import FAILED, READY, STARTING, STOPPING, DaemonStatus
 from pipedingest.statustest.http import StatusClient
 
@@ -91,6 +92,9 @@ class IngestService(Service):
         self.missing_limit: Optional[float] = None
         self._reloading: Optional[Deferred] = None
         self._reload_again = False
+        #: Tells systemd (``Type=notify``) when the daemon is ready, reloading, stopping; ``twistd ingest`` gives
+        #: it ``$NOTIFY_SOCKET``, and without one it does nothing.
+        self.notifier = SystemdNotifier(None)
 
     # -- what the configuration defined ----------------------------------------------------------------
 
@@ -151,11 +155,13 @@ class IngestService(Service):
         if report is not None and not report.passed:
             self.status.set(FAILED, "startup status tests failed")
             log.error("status tests FAILED; /ready answers 503\n{report}", report=report.render())
+            self.notifier.status("not ready: the startup status tests failed")
             return report
         if report is not None:
             log.info("status tests passed\n{report}", report=report.render())
         self.status.set(READY)
         log.info("ready")
+        self.notifier.ready("ready: every service runs and the status tests passed")
         return report
 
     @inlineCallbacks
@@ -242,6 +248,7 @@ class IngestService(Service):
             log.info("reload asked for while one runs: reloading again once it is over")
             self._reload_again = True
             return self._reloading
+        self.notifier.reloading()
         self._reloading = self._reload().addErrback(self._reload_broke)
 
         def over(outcome):
@@ -249,6 +256,8 @@ class IngestService(Service):
             if self._reload_again and self.stopped is None:
                 self._reload_again = False
                 return self.reload()
+            if self.stopped is None:
+                self.notifier.ready(f"reload {outcome}; {self.status.state}")
             return outcome
 
         return self._reloading.addBoth(over)
@@ -330,6 +339,7 @@ class IngestService(Service):
         if self.stopped is not None:
             return self.stopped
         self.status.set(STOPPING, "the daemon is stopping")
+        self.notifier.stopping()
         clock = self.runtime.clock
         began = clock.seconds()
         result = Deferred()

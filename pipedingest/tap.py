@@ -142,6 +142,9 @@ def makeService(options):
         options.logging.format = log_format
     daemon.owns_process = True
     daemon.source = (options["config"], list(options["overrides"]))
+    from pipedingest.sdnotify import SystemdNotifier
+
+    daemon.notifier = SystemdNotifier.from_environment()
     return daemon
 
 
