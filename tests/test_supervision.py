@@ -266,3 +266,22 @@ def test_supervisorctl_restart_loses_no_acknowledged_article(supervisor):
     acknowledged = {o.article_id: json.loads(o.body) for o in outcomes if o.status in (200, 201)}
     supervisor.wait_ready()
     assert supervisor.stored(acknowledged) == []
+
+
+def test_ner_children_end_with_a_daemon_killed_by_sigkill(tmp_path):
+    """A KILL leaves the daemon no time to stop its children: they end on their own when their pipe closes."""
+    from tests.twistd_process import Daemon
+
+    daemon = Daemon(os.path.join(ROOT, "conf", "dev.yaml"), "ner.min_children=1", "ner.max_children=1",
+                    cwd=tmp_path, env=dict(os.environ, INGEST_DATA=str(tmp_path / "data")))
+    try:
+        daemon.wait_ready()
+        children = ner_children(daemon.process.pid)
+        assert children, daemon.output[-3000:]
+        daemon.kill()
+        deadline = time.monotonic() + 60
+        while any(alive(pid) for pid in children):
+            assert time.monotonic() < deadline, f"NER children {children} outlived a killed daemon"
+            time.sleep(0.05)
+    finally:
+        daemon.kill()
