@@ -215,11 +215,11 @@ def test_supervisorctl_stop_answers_what_was_accepted_exits_0_and_leaves_no_chil
 
 
 def keep_posting(port: int, batch: list[dict], outcomes: list[Outcome], until: threading.Event) -> None:
-    """Post *batch* in turn, a new connection after any failure, until *until* is set (or the batch is done)."""
-    connection = None
-    for article in batch:
-        if until.is_set():
-            break
+    """Post *batch* in turn until *until* is set (or the batch is done); after a failure, a new connection and
+    the same article again (its id makes that safe)."""
+    connection, index = None, 0
+    while index < len(batch) and not until.is_set():
+        article = batch[index]
         if connection is None:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         try:
@@ -227,6 +227,7 @@ def keep_posting(port: int, batch: list[dict], outcomes: list[Outcome], until: t
             sent_at = time.monotonic()
             response = connection.getresponse()
             outcomes.append(Outcome(article["id"], sent_at, time.monotonic(), response.status, response.read()))
+            index += 1
         except OSError:
             outcomes.append(Outcome(article["id"], time.monotonic(), time.monotonic(), None))
             connection.close()
