@@ -86,7 +86,7 @@ class _Drawing:
         resource = service.resource
         yield f"  subgraph {quote('cluster_' + name)} {{"
         yield "    graph" + attributes(label="", style="rounded,filled", fillcolor="#f5f8fd", color="#6c8ebf")
-        address = f"{service.interface or '0.0.0.0'}:{service.requested_port}"
+        address = service.listener.shown
         yield f"    {quote(name)}" + self.service_attributes(name, f"{address}\n")
         routes = list(_routes(resource.tree))
         for number, route in enumerate(routes, 1):

@@ -191,7 +191,7 @@ class IngestService(Service):
         if runner is None or not runner.count:
             return maybeDeferred(lambda: None)
         site = runner.site.value
-        client = StatusClient(self.runtime.reactor, site.url, site.resource.access.client_headers())
+        client = StatusClient(self.runtime.reactor, site.url, site.resource.access.client_headers(), site.client_agent)
         running = runner.run(client, self.runtime)
 
         def keep(report):

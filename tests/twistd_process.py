@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-_LISTENING = re.compile(r"web site '[^']+' listening on http://127\.0\.0\.1:(\d+)/")
+_LISTENING = re.compile(r"web site '[^']+' listening on https?://127\.0\.0\.1:(\d+)/")
 
 
 def twistd(*args, timeout=120, cwd=None, env=None, preexec_fn=None):
@@ -27,7 +27,8 @@ class Daemon:
     """``twistd -n ingest -c CONFIG`` in the background; its output is read as it comes."""
 
     def __init__(self, config: str, *overrides: str, cwd=None, env=None, port_key="web.main.port", ingest_args=(),
-                 preexec_fn=None):
+                 preexec_fn=None, wrapper=(), pass_fds=()):
+        """*wrapper*: a command that execs the twistd command line it is given (as systemd passes a socket)."""
         #: Sent by ``get_json`` when the site requires a token (its INGEST_TOKEN).
         self.token = (env or {}).get("INGEST_TOKEN")
         args = [TWISTD, "--pidfile=", "-n", "ingest", "-c", config, *ingest_args]
@@ -35,8 +36,8 @@ class Daemon:
             args += ["-O", f"{port_key}=0"]
         for override in overrides:
             args += ["-O", override]
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        cwd=cwd, env=env, preexec_fn=preexec_fn)
+        self.process = subprocess.Popen([*wrapper, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, cwd=cwd, env=env, preexec_fn=preexec_fn, pass_fds=pass_fds)
         self.lines: list[str] = []
         self._port = threading.Event()
         self.port = None

@@ -6,6 +6,8 @@
       main:
         port: 8080                 # 0: any free port (the log says which)
         interface: 127.0.0.1
+        # or, instead of port/interface, a Twisted endpoint (pipedingest/web/endpoint.py):
+        # endpoint: ssl:8443:privateKey=key.pem:certKey=cert.pem:interface=127.0.0.1
         max_body_bytes: 2097152    # larger bodies get 413, as soon as Content-Length says so
         response_timeout: 60       # each request's deadline; unanswered requests get 504 after it
         read_timeout: 30           # a request not wholly received by then gets 408
@@ -44,11 +46,16 @@ from pipedingest.metrics import DaemonMetrics
 from pipedingest.providers.base import IProvider, Provider
 from pipedingest.status import BUILTIN_ENDPOINTS
 from pipedingest.web.access import Access
+from pipedingest.web.endpoint import EndpointError, Listener, parse_listener
 from pipedingest.web.site import PipelineResource, PipelineSite, Route, RouteNode, SiteService
 
 SITE_OPTIONS = {
     "port": Option(int, 8080, "the TCP port; 0 picks a free one", minimum=0),
     "interface": Option(str, "127.0.0.1", "the IP address to listen on ('' or 0.0.0.0: every IPv4 address)"),
+    "endpoint": Option((str, type(None)), None,
+                       "a Twisted server endpoint string instead of port/interface: tcp:8080:interface=127.0.0.1, "
+                       "ssl:8443:privateKey=key.pem:certKey=cert.pem, unix:/run/pipedingest/ingest.sock, "
+                       "systemd:domain=INET:index=0"),
     "max_body_bytes": Option(int, 2 * 1024 * 1024, "larger request bodies are answered with 413", minimum=1),
     "response_timeout": Option(float, 60.0, "seconds a request may take: its deadline; 504 after it", above=0),
     "read_timeout": Option(float, 30.0, "seconds a request may take to arrive, headers and body (408 after)",
@@ -94,6 +101,7 @@ class WebProvider(Provider):
         if interface not in ("", "localhost") and not _is_address(interface):
             errors.add(f"interface {interface!r} is not an IP address", spec.where_of("interface"),
                        "use 127.0.0.1 (this machine only), 0.0.0.0 (every IPv4 address) or an address of it")
+        listener = _listener(name, settings, spec, errors)
         tokens = settings["tokens"]
         for index, token in enumerate(tokens):
             if not isinstance(token, str) or not token.strip():
@@ -117,16 +125,39 @@ class WebProvider(Provider):
                 errors.add(f"web site {name!r} serves /metrics (metrics: true) and its routing defines it too",
                            spec.where_of("metrics"), "remove the 'metrics' route, or set metrics: false")
             builtin |= {"metrics"}
-        access = Access(interface, [t for t in tokens if isinstance(t, str)], hosts)
+        if listener is not None and listener.loopback is None and hosts is None:
+            errors.add(f"web site {name!r} listens on a socket systemd passes it: allowed_hosts must say which Host "
+                       "names it serves", spec.where_of("endpoint"),
+                       "the socket's address is not in this configuration: allowed_hosts: [ingest.example.com] "
+                       "(['*']: any)")
+        loopback = listener.loopback if listener is not None else None
+        access = Access(interface, [t for t in tokens if isinstance(t, str)], hosts, loopback=loopback)
         resource = PipelineResource(name, tree, runtime.clock, settings["response_timeout"], status, builtin, access)
         resource.debug_clients = _debug_clients(settings["debug"], spec, errors)
         resource.metrics = _daemon_metrics(runtime, where) if settings["metrics"] else None
         site = PipelineSite(resource, settings["max_body_bytes"], settings["read_timeout"], settings["idle_timeout"])
-        # What it listens on: a reload keeps the site (its port, its connections) while these stay the same,
-        # and gives it the new routes and settings (SiteService.adopt).
-        listening = {"port": settings["port"], "interface": interface}
-        runtime.register(resource_name, SiteService(name, site, settings["port"], interface, runtime.reactor), where,
-                         settings=listening)
+        # What it listens on: a reload keeps the site (its port, its connections) while this stays the same,
+        # and gives it the new routes and settings (SiteService.adopt); a changed endpoint gives a new site.
+        listener = listener or Listener.tcp(0, "127.0.0.1")  # the configuration has errors: never started
+        runtime.register(resource_name, SiteService(name, site, listener, runtime.reactor), where,
+                         settings={"endpoint": listener.description})
+
+
+def _listener(name: str, settings, spec, errors: ErrorCollector):
+    """The site's :class:`Listener`: its ``endpoint``, or the short form ``port``/``interface``; None if wrong."""
+    description = settings["endpoint"]
+    if description is None:
+        return Listener.tcp(settings["port"], settings["interface"])
+    given = [key for key in ("port", "interface") if isinstance(spec, dict) and key in spec]
+    if given:
+        errors.add(f"web site {name!r} has both an endpoint and {' and '.join(given)}", spec.where_of(given[0]),
+                   "the endpoint says where it listens: remove port/interface, or the endpoint")
+        return None
+    try:
+        return parse_listener(description)
+    except EndpointError as error:
+        errors.add(f"web site {name!r}: {error}", spec.where_of("endpoint"), error.hint or "")
+        return None
 
 
 def build_routes(node: LocatedDict, tree: RouteNode, prefix: str, runtime, errors: ErrorCollector, by: str) -> None:

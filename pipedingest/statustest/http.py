@@ -11,6 +11,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from pipedingest.httpclient import BytesProducer, read_body
+from pipedingest.web.endpoint import unix_path
 
 
 @dataclass
@@ -26,12 +27,15 @@ class Response:
 class StatusClient:
     """Talks to one base URL over a persistent connection, closed by :meth:`close` after the tests."""
 
-    def __init__(self, reactor, base_url: str, headers: Optional[dict] = None):
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, reactor, base_url: str, headers: Optional[dict] = None, agent=None):
+        """*agent* (``SiteService.client_agent``): makes the client that reaches the site where it listens (a
+        UNIX socket, TLS trusting its certificate); default: plain HTTP."""
+        # Over a UNIX socket the URL's host only names the site: the socket is the agent's.
+        self.base_url = "http://localhost" if unix_path(base_url) is not None else base_url.rstrip("/")
         #: Sent with every request unless the test gives its own (the site's token, when it requires one).
         self.headers = dict(headers or {})
         self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.agent = Agent(reactor, pool=self.pool)
+        self.agent = (agent or (lambda r, pool: Agent(r, pool=pool)))(reactor, self.pool)
 
     def close(self):
         """Close the connections kept between tests; a Deferred."""

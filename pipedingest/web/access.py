@@ -2,7 +2,7 @@
 
 Two protections for a daemon that stores what it is sent:
 
-* **Host names.** A site bound to a loopback address answers only requests whose
+* **Host names.** A site bound to a loopback address (or a UNIX socket) answers only requests whose
   ``Host`` is a loopback name (``localhost``, ``127.0.0.1``, ``[::1]``, any port),
   unless ``allowed_hosts`` names others (``["*"]``: any).  A web page cannot then
   reach the daemon through DNS rebinding (a hostile name resolving to 127.0.0.1).
@@ -42,12 +42,15 @@ def host_name(header: str) -> str:
 class Access:
     """The host names and tokens of one site."""
 
-    def __init__(self, interface: str, tokens: Iterable[str] = (), allowed_hosts: Optional[Iterable[str]] = None):
+    def __init__(self, interface: str, tokens: Iterable[str] = (), allowed_hosts: Optional[Iterable[str]] = None,
+                 loopback: Optional[bool] = None):
+        """*loopback* (default: whether *interface* is a loopback address) says the site is reachable only from
+        this machine (a UNIX socket is, too: pipedingest/web/endpoint.py)."""
         self._tokens = [token.encode("utf-8") for token in tokens]
         if allowed_hosts is not None:
             names = {name.lower() for name in allowed_hosts}
             self.allowed_hosts = None if "*" in names else frozenset(names)
-        elif is_loopback(interface):
+        elif is_loopback(interface) if loopback is None else loopback:
             self.allowed_hosts = LOOPBACK_NAMES
         else:
             self.allowed_hosts = None  # bound to a real interface: the operator names hosts if they care

@@ -44,6 +44,7 @@ from pipedingest.idle import WhenIdle
 from pipedingest.metrics import UNMATCHED, RequestMetrics, gauge
 from pipedingest.web.access import OPEN_ENDPOINTS, Access
 from pipedingest.web.body import BodyError
+from pipedingest.web.endpoint import Listener
 from pipedingest.web.errors import describe_failure
 from pipedingest.web.accesslog import log_response
 from pipedingest.web.request import (JSON_TYPE, LimitedRequest, WebRequest, error_body, new_request_id, path_segments,
@@ -387,12 +388,12 @@ class SiteService(Service):
 
     stage = SITE
 
-    def __init__(self, name: str, site: PipelineSite, port: int, interface: str, reactor):
+    def __init__(self, name: str, site: PipelineSite, listener: Listener, reactor):
         self.setName(f"site.{name}")
         self.site_name = name
         self.site = site
-        self.requested_port = port
-        self.interface = interface
+        #: What it listens on (pipedingest/web/endpoint.py): a reload that changes it gives a new SiteService.
+        self.listener = listener
         self.reactor = reactor
         self.listening = None
         #: Routing roots a reload replaced, until the requests they had accepted are over.
@@ -425,19 +426,27 @@ class SiteService(Service):
 
     @property
     def port(self) -> Optional[int]:
-        return self.listening.getHost().port if self.listening else None
+        return getattr(self.listening.getHost(), "port", None) if self.listening else None
 
     @property
     def url(self) -> str:
-        host = self.interface if self.interface not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        """Where it answers, from the address it is bound to (``http+unix://<quoted path>`` for a UNIX socket)."""
+        return self.listener.url(self.listening.getHost())
+
+    def client_agent(self, reactor, pool):
+        """An HTTP client that reaches this site where it listens (its UNIX socket; TLS trusting its certificate)."""
+        return self.listener.agent(reactor, pool, self.listening.getHost())
 
     def startService(self):
         super().startService()
         self.site.accepting = True
-        self.listening = self.reactor.listenTCP(self.requested_port, self.site, interface=self.interface)
+        # Twisted's tcp, ssl, unix and adopted (systemd) endpoints bind at once: their Deferred has fired, and a
+        # failure to bind is raised here, as listenTCP's was.
+        outcome = []
+        self.listener.endpoint(self.reactor).listen(self.site).addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        self.listening = outcome[0]
         log.info("web site {name!r} listening on {url}/", name=self.site_name, url=self.url)
 
     @inlineCallbacks
