@@ -45,6 +45,6 @@ def test_every_fuzzed_request_gets_a_prompt_json_answer_and_nothing_is_stored_wi
 
     one()
     assert tally.sent >= EXAMPLES
-    assert {200, 201, 400, 404, 405, 413, 415, 421} <= set(tally.statuses), tally.statuses
+    assert {200, 201, 400, 404, 405, 413, 414, 415, 421, 431} <= set(tally.statuses), tally.statuses
     unacknowledged = stored_ids(database) - tally.acknowledged
     assert not unacknowledged, f"stored without a 2xx: {sorted(unacknowledged)[:20]}"

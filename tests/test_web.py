@@ -20,7 +20,7 @@ web:
     routing:
       echo:
         __config__:
-          - {processor: pipeline.echo, methods: [POST]}
+          - {processor: pipeline.echo, methods: [POST], query: any}
           - {processor: pipeline.hello, methods: [GET]}
       items:
         "{id}":
@@ -176,7 +176,7 @@ web:
   site:
     port: 0
     routing:
-      __config__: {processor: pipeline.web.compute}
+      __config__: {processor: pipeline.web.compute, query: [n]}
 contexts:
   pending: {}
 ticks:

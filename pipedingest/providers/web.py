@@ -20,7 +20,7 @@
           articles:
             __config__:
               - {processor: pipeline.web.articles.create, methods: [POST], accepts: [application/json]}
-              - {processor: pipeline.web.articles.list, methods: [GET]}
+              - {processor: pipeline.web.articles.list, methods: [GET], query: [source, limit]}
             "{id}":
               __config__: {processor: pipeline.web.articles.get, methods: [GET]}
 
@@ -78,6 +78,9 @@ ROUTE_OPTIONS = {
     "methods": Option((list, str, type(None)), None, "the HTTP methods it answers (default: any)", items=str),
     "accepts": Option((list, str, type(None)), None,
                       "the content types a request body may have (415 otherwise; default: any)", items=str),
+    "query": Option((list, str, type(None)), None,
+                    "the query parameters it takes ([source, limit]; 'any': whatever it is sent); others get 400 "
+                    "naming them; default: none", items=str),
 }
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -227,7 +230,27 @@ def _route(entry, pattern: str, runtime, errors: ErrorCollector, where, by: str)
                        "for example: [application/json, application/x-ndjson]")
             return None
         accepts = frozenset(accepts)
-    return Route(reference, methods, pattern, accepts)
+    query = _query(settings["query"], entry, errors)
+    if query is False:
+        return None
+    return Route(reference, methods, pattern, accepts, query)
+
+
+def _query(query, entry, errors: ErrorCollector):
+    """A route's ``query``: a frozenset of names, None for 'any', or False (reported) when it is malformed."""
+    if query is None:
+        return frozenset()  # a route takes no query parameters unless it says so
+    if query == "any":
+        return None
+    if isinstance(query, str):  # one name is a list too: 'query: anything' must not mean a parameter 'anything'
+        errors.add(f"'query' must be 'any' or a list of parameter names, not {query!r}", entry.where_of("query"),
+                   f"query: [{query}] takes one parameter; query: any takes whatever the route is sent")
+        return False
+    if not query or not all(isinstance(name, str) and name.strip() and name == name.strip() for name in query):
+        errors.add(f"'query' must be 'any' or a list of parameter names, not {query!r}", entry.where_of("query"),
+                   "for example: query: [source, limit]; query: any takes whatever the route is sent")
+        return False
+    return frozenset(query)
 
 
 def _daemon_metrics(runtime, where) -> DaemonMetrics:

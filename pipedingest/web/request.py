@@ -181,6 +181,10 @@ class LimitedRequest(Request):
 LINGER = 2.0
 
 
+#: Reasons Twisted's RESPONSES lacks (RFC 6585).
+_MORE_REASONS = {431: b"Request Header Fields Too Large"}
+
+
 def write_and_close(channel, status: int, body: bytes, request_id: str) -> None:
     """A JSON response written straight to the connection, which then closes (no request object needed).
 
@@ -189,7 +193,7 @@ def write_and_close(channel, status: int, body: bytes, request_id: str) -> None:
     half-closed after the answer, what still arrives is discarded (``channel.discarding``), and it closes for
     good once the client closes or :data:`LINGER` seconds later.
     """
-    reason = RESPONSES.get(status, b"Error")
+    reason = RESPONSES.get(status) or _MORE_REASONS.get(status, b"Error")
     head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
             b"connection: close\r\n\r\n" % (status, reason, len(body), request_id.encode("ascii")))
     channel.discarding = True

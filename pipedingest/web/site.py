@@ -67,6 +67,15 @@ class Route:
     methods: Optional[frozenset] = None  # None: any method
     pattern: str = "/"
     accepts: Optional[frozenset] = None  # None: a body of any content type
+    query: Optional[frozenset] = frozenset()  # the query parameters it takes (400 naming others); None: any
+
+
+    def unknown_query(self, args: dict) -> list[str]:
+        """The names in a request's query that this route does not take, sorted (none when it takes any)."""
+        if self.query is None:
+            return []
+        names = {name.decode("utf-8", "replace") if isinstance(name, bytes) else name for name in args}
+        return sorted(names - self.query)
 
 
 @dataclass
@@ -124,7 +133,10 @@ class TrackedChannel(HTTPChannel):
     """An HTTP connection its site knows of (a stopping site closes the idle ones), answering errors in JSON.
 
     Once a request on it has been refused before it was complete (``LimitedRequest.refuse_early``), the
-    connection only closes: nothing more it receives is parsed.
+    connection only closes: nothing more it receives is parsed.  Twisted's limits on what arrives before a
+    request is complete are answered here, in JSON, where Twisted would close the connection or answer a bare
+    400: a request line longer than 16 KiB gets 414; header lines over 16 KiB in all (or one longer than that),
+    or more than 500 of them, get 431.
     """
 
     discarding = False
@@ -137,26 +149,55 @@ class TrackedChannel(HTTPChannel):
         self.site.channels.discard(self)
         super().connectionLost(reason)
 
-    def lineReceived(self, line):
-        if not self.discarding:
-            super().lineReceived(line)
-
     def rawDataReceived(self, data):
         if not self.discarding:
             super().rawDataReceived(data)
 
+    def lineReceived(self, line):
+        if self.discarding:
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:  # Twisted's check, answered here
+            self._too_large()
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line):
+        # LineReceiver: a line longer than MAX_LENGTH (16 KiB) before its end arrived. Twisted only closes.
+        if not self.discarding:
+            self._too_large()
+
+    def _too_large(self) -> None:
+        """431 when the headers are too large, 414 when the request line is (a request line that does not fit)."""
+        if self._arriving() is not None:
+            self._refuse(431, f"the request's header lines exceed {self.totalHeadersSize} bytes",
+                         limit_bytes=self.totalHeadersSize)
+        else:
+            self._refuse(414, f"the request line exceeds {min(self.MAX_LENGTH, self.totalHeadersSize)} bytes",
+                         limit_bytes=min(self.MAX_LENGTH, self.totalHeadersSize))
+
     def _respondToBadRequestAndDisconnect(self):
         # Twisted answers malformed framing (a bad request line, headers, length or chunk) here, with a bare
         # 400; overriding this private method is the only way to answer in JSON like everywhere else.
+        if self._receivedHeaderCount > self.maxHeaders:
+            self._refuse(431, f"the request has more than {self.maxHeaders} header lines", limit=self.maxHeaders)
+        else:
+            self._refuse(400, "malformed HTTP request")
+
+    def _arriving(self):
+        """The request whose first line arrived and whose headers or body are arriving, or None."""
+        return self.requests[-1] if self.requests and not self.requests[-1].received else None
+
+    def _refuse(self, status: int, message: str, **extra) -> None:
+        """Answer *status* in JSON before a request is complete, access-log it, and read nothing more."""
         self.discarding = True
-        arriving = self.requests[-1] if self.requests and not self.requests[-1].received else None
+        arriving = self._arriving()
         if arriving is not None:
-            arriving.refuse_early(400, "malformed HTTP request")  # with its id, if its headers gave one
+            arriving.refuse_early(status, message, **extra)  # with its id, if its headers gave one
             return
         request_id = new_request_id()  # not even a first line: no request to speak of
-        body = error_body(400, "malformed HTTP request", request_id=request_id)
-        write_and_close(self, 400, body, request_id)
-        log_response(request_id, getattr(self.transport.getPeer(), "host", None), "-", "-", "-", 400, len(body),
+        body = error_body(status, message, request_id=request_id, **extra)
+        write_and_close(self, status, body, request_id)
+        log_response(request_id, getattr(self.transport.getPeer(), "host", None), "-", "-", "-", status, len(body),
                      site=self.site.pipeline_resource.name, when=self.site.reactor.seconds())
 
 
@@ -269,6 +310,11 @@ class PipelineResource(Resource):
         if route is None:
             request.setHeader(b"allow", ", ".join(node.allowed()).encode("ascii"))
             return self._error(request, 405, f"method {method} is not allowed here", allowed=node.allowed())
+        unknown = route.unknown_query(request.args)
+        if unknown:
+            return self._error(request, 400, f"unknown query parameter{'s' if len(unknown) > 1 else ''} "
+                                             f"{', '.join(map(repr, unknown))}", unknown=unknown,
+                               accepted=sorted(route.query))
         if not request.admitted:
             request.setHeader(b"retry-after", str(RETRY_AFTER_STOPPING).encode("ascii"))
             closing(request)
