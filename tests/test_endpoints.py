@@ -162,6 +162,26 @@ def test_a_unix_socket(tmp_path):
     assert not os.path.exists(path)  # Twisted removes its socket when it stops listening
 
 
+def test_a_unix_socket_left_by_a_killed_daemon_is_taken_over(tmp_path):
+    path = str(tmp_path / "ingest.sock")
+    config = write_config(tmp_path, site(f"unix:{path}"))
+    killed = Daemon(config, cwd=tmp_path, port_key=None)
+    try:
+        until_ready(killed, lambda: UnixConnection(path))
+    finally:
+        killed.kill()  # SIGKILL: the socket file and its lock file stay behind
+    assert os.path.exists(path)
+    daemon = Daemon(config, cwd=tmp_path, port_key=None)
+    try:
+        until_ready(daemon, lambda: UnixConnection(path))
+        # A second daemon on the same socket does not steal it: it fails to start, and the first one serves on.
+        second = twistd("-c", config, cwd=tmp_path)
+        assert second.returncode != 0 and "Cannot acquire lock" in second.stdout + second.stderr, second.stdout
+        assert get(UnixConnection(path), "/answer") == (200, {"answer": 42})
+    finally:
+        stop(daemon)
+
+
 # -- systemd socket activation ---------------------------------------------------------------------------------
 
 #: As systemd (227 or later) starts a socket-activated service: the socket as fd 3, LISTEN_FDS=1, LISTEN_FDNAMES
