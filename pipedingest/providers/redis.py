@@ -39,7 +39,12 @@ from pipedingest.config.schema import Option, check_section
 from pipedingest.providers.base import IProvider, Provider
 
 REDIS_OPTIONS = {
-    "url": Option((str, type(None)), None, "redis://host:port/db (default: $REDIS_URL)"),
+    "url": Option((str, type(None)), None, "redis[s]://[user:password@]host:port/db (default: $REDIS_URL)"),
+    "ca_file": Option((str, type(None)), None, "rediss://: the CA certificates (PEM) to trust (default: the system's)"),
+    "cert_file": Option((str, type(None)), None, "rediss://: a client certificate (PEM), with key_file"),
+    "key_file": Option((str, type(None)), None, "rediss://: the client certificate's unencrypted key (PEM)"),
+    "server_name": Option((str, type(None)), None, "rediss://: the name the server's certificate must carry "
+                                                   "(default: the URL's host)"),
     "node": Option((str, type(None)), None, "this daemon's name among the others (default: host-pid)"),
     "command_timeout": Option(float, 5.0, "seconds a command may wait for Redis", above=0),
     "connect_timeout": Option(float, 5.0, "seconds a connection attempt may take", above=0),
@@ -78,19 +83,43 @@ class RedisProvider(Provider):
             errors.add("'redis' has no url", where, "set redis.url, or REDIS_URL in the environment")
             return
         try:
-            parse_url(url)
+            target = parse_url(url)
         except ValueError as error:
             errors.add(str(error), value.where_of("url") if "url" in value else where,
-                       "for example: redis://127.0.0.1:6379/0")
+                       "for example: redis://127.0.0.1:6379/0, or rediss://user:password@host:6380/0 for TLS")
+            return
+        tls_options = self._tls(settings, target, value, where, runtime)
+        if tls_options is False:
             return
         node = settings["node"] or default_node()
-        client = RedisClient(url, node, runtime.clock, settings["command_timeout"], settings["connect_timeout"])
+        client = RedisClient(url, node, runtime.clock, settings["command_timeout"], settings["connect_timeout"],
+                             tls_options=tls_options, reactor=runtime.reactor)
         connection = {key: value for key, value in settings.items() if key != "streams"}
         runtime.register("redis.client", client, where, settings=dict(connection, url=url, node=node))
         streams = settings["streams"]
         for name, spec in streams.items():
             self._stream(str(name), spec, streams.where_of(name), runtime, node)
         self._check_ends(streams, runtime)
+
+    @staticmethod
+    def _tls(settings, target, value, where, runtime):
+        """The TLS options of a ``rediss://`` URL (None for ``redis://``); False after reporting a problem."""
+        from pipedingest.redis.tls import check_files, client_options
+
+        files = {name: settings[name] for name in ("ca_file", "cert_file", "key_file", "server_name")}
+        if not target["tls"]:
+            given = [name for name, setting in files.items() if setting is not None]
+            for name in given:
+                runtime.errors.add(f"{name} is for TLS, but the URL is redis://", value.where_of(name),
+                                   "use rediss:// for TLS, or remove the option")
+            return False if given else None
+        problems = check_files(files["ca_file"], files["cert_file"], files["key_file"])
+        for name, problem in problems:
+            runtime.errors.add(problem, value.where_of(name) if name in value else where)
+        if problems:
+            return False
+        return client_options(files["server_name"] or target["host"], files["ca_file"], files["cert_file"],
+                              files["key_file"])
 
     @staticmethod
     def _check_ends(streams, runtime) -> None:

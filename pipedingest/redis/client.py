@@ -12,6 +12,7 @@ and ``/ready`` answers 503 naming Redis until a PING gets through (:meth:`RedisC
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Optional
 from urllib.parse import unquote, urlparse
@@ -39,37 +40,45 @@ def default_node() -> str:
 
 
 def parse_url(url: str) -> dict:
-    """``redis://[:password@]host[:port][/db]`` as lazyConnection's keywords; ValueError when it is not one."""
+    """``redis[s]://[[user]:password@]host[:port][/db]`` as lazyConnection's keywords and ``tls``; ValueError
+    when it is not one (its message never holds the password)."""
     parts = urlparse(url)
-    if parts.scheme != "redis" or not parts.hostname:
-        raise ValueError(f"{url!r} is not a redis:// URL")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{shown_url(url)!r}: the port must be a number from 0 to 65535") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(f"{shown_url(url)!r} is not a redis:// or rediss:// URL")
     database = parts.path.lstrip("/")
     if database and not database.isdigit():
-        raise ValueError(f"{url!r}: the database must be a number")
+        raise ValueError(f"{shown_url(url)!r}: the database must be a number")
     # Database 0 is where a connection starts: no SELECT (which txredisapi reports unhandled when the
     # connection is closed while it is still being set up).
-    return {"host": parts.hostname, "port": parts.port or 6379, "dbid": int(database) or None if database else None,
+    return {"host": parts.hostname, "port": port or 6379, "dbid": int(database) or None if database else None,
             "password": unquote(parts.password) if parts.password else None,
-            "username": unquote(parts.username) if parts.username else None}
+            "username": unquote(parts.username) if parts.username else None, "tls": parts.scheme == "rediss"}
+
+
+#: The password of ``scheme://user:password@host``: whatever lies between the user's colon and the last ``@``.
+_PASSWORD = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:)[^/]*@")
 
 
 def shown_url(url: str) -> str:
-    """*url* without its password, for logs and /status."""
-    parts = urlparse(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    """*url* without its password, for logs, /status and error messages (also when it is malformed)."""
+    return _PASSWORD.sub(r"\1***@", url)
 
 
 class RedisClient(Service):
     """One Redis server as the daemon sees it; registered as ``redis.client``."""
 
     def __init__(self, url: str, node: str, clock, command_timeout: float = 5.0, connect_timeout: float = 5.0,
-                 ping_interval: float = 1.0):
+                 ping_interval: float = 1.0, tls_options=None, reactor=None):
         self.setName("redis.client")
         self.url = url
         self.target = parse_url(url)
+        #: ``rediss://``: the TLS options of every connection (pipedingest.redis.tls.client_options).
+        self.tls_options = tls_options
+        self.reactor = reactor
         self.node = node
         self.clock = clock
         self.command_timeout = command_timeout
@@ -85,6 +94,7 @@ class RedisClient(Service):
         return txredisapi.lazyConnection(
             self.target["host"], self.target["port"], dbid=self.target["dbid"], reconnect=True,
             password=self.target["password"], username=self.target["username"],
+            ssl_context_factory=self.tls_options or False,
             connectTimeout=self.connect_timeout, convertNumbers=False, charset="utf-8")
 
     def startService(self):
@@ -99,15 +109,37 @@ class RedisClient(Service):
         try:
             yield self.command("PING")
         except Exception as error:
-            if self.connected or self.last_error is None:
-                log.warn("Redis at {url} is not answering: {error}", url=shown_url(self.url), error=error)
+            reason = str(error)
+            if isinstance(error, RedisUnavailable):
+                reason = yield self._diagnose(reason)
+            if self.connected or self.last_error != reason:
+                log.warn("Redis at {url} is not answering: {error}", url=shown_url(self.url), error=reason)
             self.connected = False
-            self.last_error = str(error)
+            self.last_error = reason
             return
         if not self.connected:
             log.info("Redis at {url} answers", url=shown_url(self.url))
         self.connected = True
         self.last_error = None
+
+    @inlineCallbacks
+    def _diagnose(self, reason: str):
+        """Why PING got no answer, as one fresh connection finds it (a refused TLS handshake, a wrong
+        password); a fresh connection that works while ours does not (txredisapi gives up after a refused
+        AUTH) replaces ours."""
+        from twisted.internet import reactor as global_reactor
+
+        from pipedingest.redis.tls import diagnose
+
+        found = yield diagnose(self.reactor or global_reactor, self.target["host"], self.target["port"],
+                               self.tls_options, self.target["username"], self.target["password"],
+                               self.connect_timeout)
+        if found == "answers":
+            if self.target["password"] is not None and self._connection is not None and self.running:
+                stale, self._connection = self._connection, self._connect()
+                stale.disconnect().addErrback(lambda _: None)
+            return f"{reason}; reconnecting"
+        return f"{reason}: {found}"
 
     def stopService(self):
         super().stopService()
