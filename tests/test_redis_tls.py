@@ -1,0 +1,184 @@
+"""Redis over TLS with an ACL user, as a managed Redis asks: a real redis-server 7 with ``tls-port`` and a
+``user`` line (both only from a config file), certificates made with openssl. conf/front.yaml and conf/worker.yaml
+run the articles API through it with ``rediss://user:password@…`` and ``redis.ca_file``; a wrong CA or password is
+a clear reason on ``/ready``, never a hang; the password is in no log, no /status and no configuration error."""
+from __future__ import annotations
+
+import os
+import ssl
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.redis_server import RedisServer, _read_reply, free_port
+from tests.test_scaleout import Cluster
+from tests.twistd_process import twistd
+
+PASSWORD = f"pw-{uuid.uuid4().hex}"
+USER = "ingest"
+pytestmark = pytest.mark.slow
+
+TLS_CONFIG = """\
+bind 127.0.0.1
+port 0
+tls-port {port}
+tls-cert-file "{directory}/server.crt"
+tls-key-file "{directory}/server.key"
+tls-ca-cert-file "{directory}/ca.crt"
+tls-auth-clients no
+dir "{directory}"
+logfile ""
+save ""
+appendonly yes
+user default off
+user {user} on >{password} ~* &* +@all
+"""
+
+
+def openssl(*args, cwd):
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def make_ca(directory, name: str):
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=directory)
+
+
+def make_server_certificate(directory):
+    make_ca(directory, "ca")
+    (directory / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+            "-out", "server.csr", cwd=directory)
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.cnf", "-out", "server.crt", cwd=directory)
+
+
+class TLSRedisServer(RedisServer):
+    """redis-server answering TLS only, to one ACL user (the default user is off)."""
+
+    @property
+    def url(self) -> str:
+        return f"rediss://{USER}:{PASSWORD}@localhost:{self.port}/0"
+
+    def start(self, timeout: float = 30.0):
+        self.check()
+        with open(self.config_path, "w", encoding="utf-8") as stream:
+            stream.write(TLS_CONFIG.format(port=self.port, directory=self.directory, user=USER, password=PASSWORD))
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([self.binary, self.config_path], cwd=self.directory,
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            assert self.process.poll() is None, self._log_tail()
+            assert time.monotonic() < deadline, self._log_tail()
+            time.sleep(0.05)
+        return self
+
+    def command(self, *args, timeout: float = 10.0, decode: bool = True):
+        context = ssl.create_default_context(cafile=os.path.join(self.directory, "ca.crt"))
+        request = b"".join([b"*%d\r\n" % (len(args) + 0)] + [b"$%d\r\n%s\r\n" % (len(str(a)), str(a).encode())
+                                                              for a in args])
+        auth = b"*3\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(USER), USER.encode(), len(PASSWORD),
+                                                                     PASSWORD.encode())
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as connection:
+                connection.sendall(auth + request)
+                with connection.makefile("rb") as stream:
+                    _read_reply(stream, decode)
+                    return _read_reply(stream, decode)
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("redis-tls")
+    make_server_certificate(directory)
+    make_ca(directory, "other-ca")
+    server = TLSRedisServer(directory=str(directory))
+    server.start()
+    yield server
+    server.stop()
+
+
+def tls_cluster(tmp_path, tls_redis, url=None, ca="ca.crt"):
+    cluster = Cluster(tmp_path)
+    cluster.env["REDIS_URL"] = url or tls_redis.url
+    ca_file = os.path.join(tls_redis.directory, ca)
+    return cluster, f"redis.ca_file={ca_file}"
+
+
+def test_front_and_worker_run_the_articles_api_over_tls_with_an_acl_user(tmp_path, tls_redis, firestore):
+    cluster, ca = tls_cluster(tmp_path, tls_redis)
+    try:
+        worker = cluster.worker("worker-1", ca)
+        front = cluster.front("front-1", ca)
+        status, answer = cluster.post(front, {"id": "tls-1", "body": "Angela Merkel met Emmanuel Macron in Paris."})
+        assert status == 201, answer
+        assert {"Angela Merkel", "Emmanuel Macron", "Paris"} <= {e["text"] for e in answer["entities"]}
+        status, stored = front.get_json("/articles/tls-1")
+        assert status == 200 and stored["id"] == "tls-1"
+        status, report = front.get_json("/status")
+        shown = str(report)
+        assert PASSWORD not in shown and f"rediss://{USER}:***@localhost" in shown
+        info = tls_redis.command("XINFO", "STREAM", "articles:jobs")
+        assert int(dict(zip(info[::2], info[1::2]))["entries-added"]) >= 1  # the job went through this Redis
+    finally:
+        cluster.stop()
+    for daemon in cluster.daemons:
+        assert PASSWORD not in daemon.output
+
+
+@pytest.mark.parametrize("mistake, reason", [
+    ("ca", "TLS handshake failed"),
+    ("password", "authentication failed (WRONGPASS"),
+    ("plain", "cannot connect"),
+])
+def test_a_wrong_ca_password_or_scheme_is_a_clear_reason_on_ready(tmp_path, tls_redis, firestore, mistake, reason):
+    url = {"ca": None, "password": f"rediss://{USER}:wrong-{uuid.uuid4().hex}@localhost:{tls_redis.port}/0",
+           "plain": f"redis://{USER}:{PASSWORD}@localhost:{tls_redis.port}/0"}[mistake]
+    cluster, ca = tls_cluster(tmp_path, tls_redis, url=url, ca="other-ca.crt" if mistake == "ca" else "ca.crt")
+    overrides = [ca] if mistake != "plain" else []
+    try:
+        front = cluster.front("front-1", *overrides, ready=False)
+        front.wait_listening()
+        end = time.monotonic() + 60
+        while True:
+            status, answer = front.get_json("/ready")
+            text = str(answer)
+            if reason in text or time.monotonic() > end:
+                break
+            time.sleep(0.2)
+        assert status == 503 and reason in text, answer
+        assert PASSWORD not in text
+    finally:
+        cluster.stop()
+    assert PASSWORD not in front.output
+
+
+def test_configuration_errors_name_the_line_and_never_the_password(tmp_path):
+    config = tmp_path / "redis.yaml"
+    config.write_text(f"redis:\n  url: rediss://{USER}:{PASSWORD}@localhost:notaport/0\n"
+                      f"  ca_file: {tmp_path / 'missing.crt'}\n")
+    result = twistd("-c", str(config), "--check")
+    assert result.returncode == 2
+    assert f"{config}:2:8: 'rediss://{USER}:***@localhost:notaport/0': the port must be a number" in result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+
+    (tmp_path / "not.pem").write_text("hello\n")
+    config.write_text(f"redis:\n  url: rediss://{USER}:{PASSWORD}@localhost:6390/0\n  ca_file: {tmp_path / 'not.pem'}\n"
+                      f"  cert_file: {tmp_path / 'missing.crt'}\n")
+    result = twistd("-c", str(config), "--check")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"{config}:3:12: ") and "no PEM certificate" in line for line in lines), lines
+    assert any(line.startswith(f"{config}:4:14: ") and "cannot read" in line for line in lines), lines
+    assert any("cert_file and key_file go together" in line for line in lines), lines
+
+    config.write_text(f"redis:\n  url: redis://localhost:6390/0\n  ca_file: {tmp_path / 'not.pem'}\n")
+    result = twistd("-c", str(config), "--check")
+    assert result.returncode == 2 and f"{config}:3:12: ca_file is for TLS, but the URL is redis://" in result.stderr
