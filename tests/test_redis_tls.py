@@ -108,15 +108,16 @@ def tls_redis(tmp_path_factory):
 def tls_cluster(tmp_path, tls_redis, url=None, ca="ca.crt"):
     cluster = Cluster(tmp_path)
     cluster.env["REDIS_URL"] = url or tls_redis.url
-    ca_file = os.path.join(tls_redis.directory, ca)
-    return cluster, f"redis.ca_file={ca_file}"
+    if ca is not None:
+        cluster.env["REDIS_CA_FILE"] = os.path.join(tls_redis.directory, ca)  # read by conf/streams.yaml
+    return cluster
 
 
 def test_front_and_worker_run_the_articles_api_over_tls_with_an_acl_user(tmp_path, tls_redis, firestore):
-    cluster, ca = tls_cluster(tmp_path, tls_redis)
+    cluster = tls_cluster(tmp_path, tls_redis)
     try:
-        worker = cluster.worker("worker-1", ca)
-        front = cluster.front("front-1", ca)
+        cluster.worker("worker-1")
+        front = cluster.front("front-1")
         status, answer = cluster.post(front, {"id": "tls-1", "body": "Angela Merkel met Emmanuel Macron in Paris."})
         assert status == 201, answer
         assert {"Angela Merkel", "Emmanuel Macron", "Paris"} <= {e["text"] for e in answer["entities"]}
@@ -141,10 +142,10 @@ def test_front_and_worker_run_the_articles_api_over_tls_with_an_acl_user(tmp_pat
 def test_a_wrong_ca_password_or_scheme_is_a_clear_reason_on_ready(tmp_path, tls_redis, firestore, mistake, reason):
     url = {"ca": None, "password": f"rediss://{USER}:wrong-{uuid.uuid4().hex}@localhost:{tls_redis.port}/0",
            "plain": f"redis://{USER}:{PASSWORD}@localhost:{tls_redis.port}/0"}[mistake]
-    cluster, ca = tls_cluster(tmp_path, tls_redis, url=url, ca="other-ca.crt" if mistake == "ca" else "ca.crt")
-    overrides = [ca] if mistake != "plain" else []
+    cluster = tls_cluster(tmp_path, tls_redis, url=url,
+                          ca={"ca": "other-ca.crt", "password": "ca.crt", "plain": None}[mistake])
     try:
-        front = cluster.front("front-1", *overrides, ready=False)
+        front = cluster.front("front-1", ready=False)
         front.wait_listening()
         end = time.monotonic() + 60
         while True:
