@@ -2,6 +2,9 @@
 
 Used by the test fixtures (``tests/conftest.py``) and, through
 ``scripts/redis-server start|stop``, by hand.  Never the system instance on 6379.
+:class:`TLSRedisServer` is a managed Redis's shape: TLS only, with certificates made by ``openssl``
+(a CA and a server certificate for ``localhost`` and 127.0.0.1), and one ACL user (the default user off);
+Redis 7 takes both only from a config file (an ACL rule has spaces).
 The data folder outlives ``stop()`` and ``kill()`` so that ``restart()`` replays
 the append-only file, as a crashed production Redis would.  Blocking on purpose:
 tests that need it from inside the reactor call it in a thread.
@@ -18,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -102,8 +106,7 @@ class RedisServer:
             raise RuntimeError(f"redis-server is already running on port {self.port} (pid {self.pid})")
         os.makedirs(self.directory, exist_ok=True)
         with open(self.config_path, "w", encoding="utf-8") as stream:
-            quoted = self.directory.replace("\\", "\\\\").replace('"', '\\"')
-            stream.write(CONFIG.format(port=self.port, directory=quoted))
+            stream.write(self._config())
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [self.binary, self.config_path], cwd=self.directory,
@@ -120,6 +123,14 @@ class RedisServer:
         self.kill()
         raise RedisUnavailable(f"redis-server did not answer PING on port {self.port} within {timeout:g}s; "
                                f"see {self.log_path}")
+
+    def _config(self) -> str:
+        quoted = self.directory.replace("\\", "\\\\").replace('"', '\\"')
+        return CONFIG.format(port=self.port, directory=quoted)
+
+    def _open(self, timeout: float):
+        """A connection ready for commands, and the bytes to send before the first one."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout), b""
 
     def ready(self) -> bool:
         """True once PING is answered with PONG (not ``-LOADING`` while the AOF replays)."""
@@ -177,13 +188,12 @@ class RedisServer:
         Integers are ints, nil is None, arrays are lists; bulk strings are str (bytes
         with ``decode=False``).  An error reply raises RedisReplyError.
         """
-        request = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
-            request.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as connection:
-            connection.sendall(b"".join(request))
+        connection, preamble = self._open(timeout)
+        with connection:
+            connection.sendall(preamble + _request(args))
             with connection.makefile("rb") as stream:
+                if preamble:
+                    _read_reply(stream, decode)
                 return _read_reply(stream, decode)
 
     def _log_tail(self) -> str:
@@ -192,6 +202,90 @@ class RedisServer:
                 return log.read()[-2000:].decode("utf-8", "replace")
         except OSError:
             return ""
+
+
+TLS_CONFIG = """\
+bind 127.0.0.1
+port 0
+tls-port {port}
+tls-cert-file "{directory}/server.crt"
+tls-key-file "{directory}/server.key"
+tls-ca-cert-file "{directory}/ca.crt"
+tls-auth-clients no
+daemonize no
+dir "{directory}"
+logfile ""
+save ""
+appendonly yes
+appendfsync everysec
+user default off
+user {user} on >{password} ~* &* +@all
+"""
+
+
+def openssl(*args, cwd: str):
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RedisUnavailable(f"openssl {' '.join(args[:2])} failed: {result.stderr.strip()}")
+
+
+def make_ca(directory: str, name: str = "ca"):
+    """``<name>.crt`` and ``<name>.key``: a self-signed CA in *directory*."""
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=directory)
+
+
+def make_server_certificate(directory: str):
+    """``ca.crt`` and ``server.crt``/``server.key`` signed by it, for ``localhost`` and 127.0.0.1."""
+    make_ca(directory, "ca")
+    with open(os.path.join(directory, "san.cnf"), "w", encoding="utf-8") as stream:
+        stream.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+            "-out", "server.csr", cwd=directory)
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.cnf", "-out", "server.crt", cwd=directory)
+
+
+class TLSRedisServer(RedisServer):
+    """redis-server answering TLS only, to one ACL user; ``url`` is ``rediss://user:password@localhost:port/0``
+    and ``ca_file`` the CA its certificate is signed by (made in the data folder unless one is there)."""
+
+    def __init__(self, port: int | None = None, directory: str | None = None, binary: str = BINARY,
+                 user: str = "ingest", password: str | None = None):
+        super().__init__(port, directory, binary)
+        self.user = user
+        self.password = password or os.urandom(12).hex()
+
+    @property
+    def url(self) -> str:
+        return f"rediss://{self.user}:{self.password}@localhost:{self.port}/0"
+
+    @property
+    def ca_file(self) -> str:
+        return os.path.join(self.directory, "ca.crt")
+
+    def _config(self) -> str:
+        if not os.path.exists(os.path.join(self.directory, "server.crt")):
+            make_server_certificate(self.directory)
+        return TLS_CONFIG.format(port=self.port, directory=self.directory, user=self.user, password=self.password)
+
+    def _open(self, timeout: float):
+        context = ssl.create_default_context(cafile=self.ca_file)
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        try:
+            connection = context.wrap_socket(raw, server_hostname="localhost")
+        except BaseException:
+            raw.close()
+            raise
+        return connection, _request(("AUTH", self.user, self.password))
+
+
+def _request(args) -> bytes:
+    request = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+        request.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(request)
 
 
 def _read_reply(stream, decode: bool):
@@ -226,10 +320,16 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--dir", default=None, help="data folder (default: a new temporary one)")
     parser.add_argument("--pidfile", default=".redis-server.pid")
+    parser.add_argument("--tls", action="store_true",
+                        help="TLS only, with a CA made in the data folder, and one ACL user (--user)")
+    parser.add_argument("--user", default="ingest", help="with --tls: the ACL user (its password is random)")
     options = parser.parse_args(argv)
     if options.command == "start":
         try:
-            server = RedisServer(options.port, options.dir)
+            if options.tls:
+                server = TLSRedisServer(options.port, options.dir, user=options.user)
+            else:
+                server = RedisServer(options.port, options.dir)
             server.start()
         except (RedisUnavailable, ValueError) as error:
             print(f"redis-server: {error}", file=sys.stderr)
@@ -237,6 +337,8 @@ def main(argv=None):
         with open(options.pidfile, "w") as stream:
             stream.write(f"{server.pid}\n")
         print(f"export REDIS_URL={server.url}")
+        if options.tls:
+            print(f"export REDIS_CA_FILE={server.ca_file}")
         print(f"# pid {server.pid} in {options.pidfile}; data and log in {server.directory}", file=sys.stderr)
         return 0
     return stop_by_pidfile("redis-server", options.pidfile, wait=10)

@@ -5,16 +5,12 @@ a clear reason on ``/ready``, never a hang; the password is in no log, no /statu
 from __future__ import annotations
 
 import os
-import ssl
-import socket
-import subprocess
 import time
 import uuid
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.redis_server import RedisServer, _read_reply, free_port
+from tests.redis_server import TLSRedisServer, make_ca
 from tests.test_scaleout import Cluster
 from tests.twistd_process import twistd
 
@@ -22,84 +18,12 @@ PASSWORD = f"pw-{uuid.uuid4().hex}"
 USER = "ingest"
 pytestmark = pytest.mark.slow
 
-TLS_CONFIG = """\
-bind 127.0.0.1
-port 0
-tls-port {port}
-tls-cert-file "{directory}/server.crt"
-tls-key-file "{directory}/server.key"
-tls-ca-cert-file "{directory}/ca.crt"
-tls-auth-clients no
-dir "{directory}"
-logfile ""
-save ""
-appendonly yes
-user default off
-user {user} on >{password} ~* &* +@all
-"""
-
-
-def openssl(*args, cwd):
-    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-
-
-def make_ca(directory, name: str):
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-            "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=directory)
-
-
-def make_server_certificate(directory):
-    make_ca(directory, "ca")
-    (directory / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
-            "-out", "server.csr", cwd=directory)
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "san.cnf", "-out", "server.crt", cwd=directory)
-
-
-class TLSRedisServer(RedisServer):
-    """redis-server answering TLS only, to one ACL user (the default user is off)."""
-
-    @property
-    def url(self) -> str:
-        return f"rediss://{USER}:{PASSWORD}@localhost:{self.port}/0"
-
-    def start(self, timeout: float = 30.0):
-        self.check()
-        with open(self.config_path, "w", encoding="utf-8") as stream:
-            stream.write(TLS_CONFIG.format(port=self.port, directory=self.directory, user=USER, password=PASSWORD))
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([self.binary, self.config_path], cwd=self.directory,
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            assert self.process.poll() is None, self._log_tail()
-            assert time.monotonic() < deadline, self._log_tail()
-            time.sleep(0.05)
-        return self
-
-    def command(self, *args, timeout: float = 10.0, decode: bool = True):
-        context = ssl.create_default_context(cafile=os.path.join(self.directory, "ca.crt"))
-        request = b"".join([b"*%d\r\n" % (len(args) + 0)] + [b"$%d\r\n%s\r\n" % (len(str(a)), str(a).encode())
-                                                              for a in args])
-        auth = b"*3\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(USER), USER.encode(), len(PASSWORD),
-                                                                     PASSWORD.encode())
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as raw:
-            with context.wrap_socket(raw, server_hostname="localhost") as connection:
-                connection.sendall(auth + request)
-                with connection.makefile("rb") as stream:
-                    _read_reply(stream, decode)
-                    return _read_reply(stream, decode)
-
 
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("redis-tls")
-    make_server_certificate(directory)
-    make_ca(directory, "other-ca")
-    server = TLSRedisServer(directory=str(directory))
+    directory = str(tmp_path_factory.mktemp("redis-tls"))
+    make_ca(directory, "other-ca")  # a CA that did not sign the server's certificate
+    server = TLSRedisServer(directory=directory, user=USER, password=PASSWORD)
     server.start()
     yield server
     server.stop()
