@@ -59,17 +59,25 @@ def test_front_and_worker_run_the_articles_api_over_tls_with_an_acl_user(tmp_pat
 
 
 @pytest.mark.parametrize("mistake, reason", [
-    ("ca", "TLS handshake failed"),
+    ("ca", "TLS handshake failed"),                       # the server's certificate is not signed by ca_file
+    ("name", "TLS handshake failed"),                     # ... nor for the name server_name expects
     ("password", "authentication failed (WRONGPASS"),
-    ("plain", "cannot connect"),
+    ("user", "authentication failed (WRONGPASS"),
+    ("plain client", "cannot connect"),                   # redis:// to the TLS port
+    ("plain server", "TLS handshake failed"),             # rediss:// to a plain redis-server
 ])
-def test_a_wrong_ca_password_or_scheme_is_a_clear_reason_on_ready(tmp_path, tls_redis, firestore, mistake, reason):
-    url = {"ca": None, "password": f"rediss://{USER}:wrong-{uuid.uuid4().hex}@localhost:{tls_redis.port}/0",
-           "plain": f"redis://{USER}:{PASSWORD}@localhost:{tls_redis.port}/0"}[mistake]
+def test_a_wrong_ca_name_password_user_or_scheme_is_a_clear_reason_on_ready(tmp_path, tls_redis, redis_server,
+                                                                            firestore, mistake, reason):
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    url = {"password": f"rediss://{USER}:{wrong}@localhost:{tls_redis.port}/0",
+           "user": f"rediss://{wrong}:{PASSWORD}@localhost:{tls_redis.port}/0",
+           "plain client": f"redis://{USER}:{PASSWORD}@localhost:{tls_redis.port}/0",
+           "plain server": f"rediss://{USER}:{PASSWORD}@localhost:{redis_server.port}/0"}.get(mistake)
     cluster = tls_cluster(tmp_path, tls_redis, url=url,
-                          ca={"ca": "other-ca.crt", "password": "ca.crt", "plain": None}[mistake])
+                          ca={"ca": "other-ca.crt", "plain client": None}.get(mistake, "ca.crt"))
+    overrides = ["redis.server_name=elsewhere.example"] if mistake == "name" else []
     try:
-        front = cluster.front("front-1", ready=False)
+        front = cluster.front("front-1", *overrides, ready=False)
         front.wait_listening()
         end = time.monotonic() + 60
         while True:

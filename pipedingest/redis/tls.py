@@ -17,9 +17,11 @@ import re
 from typing import Optional
 
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -82,13 +84,20 @@ def client_options(server_name: str, ca_file: Optional[str] = None, cert_file: O
     return ssl.optionsForClientTLS(server_name, trustRoot=trust, clientCertificate=client)
 
 
+@implementer(IHandshakeListener)
 class _Probe(Protocol):
-    """Sends AUTH (when there is a password) and PING; keeps the first reply line."""
+    """Sends AUTH (when there is a password) and PING; keeps the first reply line; knows whether a TLS
+    handshake completed (a plain server never answers a ClientHello: it waits for the end of a line)."""
+
+    handshaken = False
 
     def __init__(self, commands: list[tuple[str, ...]], answered: Deferred):
         self.commands = commands
         self.answered = answered
         self.buffer = b""
+
+    def handshakeCompleted(self):
+        self.handshaken = True
 
     def connectionMade(self):
         request = b""
@@ -121,7 +130,13 @@ def diagnose(reactor, host: str, port: int, tls_options, username: Optional[str]
         commands.append(("AUTH", username, password) if username else ("AUTH", password))
     commands.append(("PING",))
     answered = Deferred()
-    connecting = endpoint.connect(Factory.forProtocol(lambda: _Probe(commands, answered)))
+    probes = []
+
+    def probe():
+        probes.append(_Probe(commands, answered))
+        return probes[-1]
+
+    connecting = endpoint.connect(Factory.forProtocol(probe))
     connecting.addErrback(lambda failure: answered.called or answered.errback(failure))
 
     def first_line(line: str) -> str:
@@ -134,11 +149,26 @@ def diagnose(reactor, host: str, port: int, tls_options, username: Optional[str]
 
     def failed(failure) -> str:
         text = failure.getErrorMessage()
+        if failure.check(DeferredTimeout):
+            if tls_options is not None and probes and not probes[-1].handshaken:
+                return f"TLS handshake failed (no answer within {timeout + 1:g}s: is the port a TLS one?)"
+            return f"no answer within {timeout + 1:g}s"
+        if "VerificationError" in repr(failure.value):
+            return f"TLS handshake failed (the certificate is not for the expected name: {text})"
         if tls_options is not None and ("SSL" in repr(failure.value) or "certificate" in text or "TLS" in text):
             return f"TLS handshake failed ({text})"
         if tls_options is not None and not text.strip("[]'\" "):
             return "TLS handshake failed (the connection was closed)"
         return f"cannot connect ({text})"
 
+    def close(result):
+        """Leave nothing open: a probe that timed out would otherwise hold its connection."""
+        if not connecting.called:
+            connecting.cancel()
+        for each in probes:
+            if each.transport is not None and each.connected:
+                each.transport.abortConnection()
+        return result
+
     answered.addTimeout(timeout + 1, reactor)
-    return answered.addCallbacks(first_line, failed)
+    return answered.addBoth(close).addCallbacks(first_line, failed)
