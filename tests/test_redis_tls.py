@@ -115,3 +115,48 @@ def test_configuration_errors_name_the_line_and_never_the_password(tmp_path):
     config.write_text(f"redis:\n  url: redis://localhost:6390/0\n  ca_file: {tmp_path / 'not.pem'}\n")
     result = twistd("-c", str(config), "--check")
     assert result.returncode == 2 and f"{config}:3:12: ca_file is for TLS, but the URL is redis://" in result.stderr
+
+
+def redis_client_state(daemon) -> dict:
+    """The ``redis.client`` entry of the daemon's /status: the dict with its url and connected."""
+    def find(value):
+        if isinstance(value, dict):
+            if "connected" in value and "url" in value:
+                return value
+            value = list(value.values())
+        if isinstance(value, list):
+            for item in value:
+                found = find(item)
+                if found is not None:
+                    return found
+        return None
+
+    status, report = daemon.get_json("/status")
+    found = find(report)
+    assert status == 200 and found is not None, report
+    return found
+
+
+def test_a_refused_password_is_retried_and_the_client_connects_once_redis_accepts_it(tmp_path, tls_redis, firestore):
+    """txredisapi stops trying after a refused AUTH; the daemon's client must not: it connects once the ACL lets it in."""
+    user, password = f"late-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+    cluster = tls_cluster(tmp_path, tls_redis, url=f"rediss://{user}:{password}@localhost:{tls_redis.port}/0")
+    try:
+        front = cluster.front("front-1", ready=False)
+        front.wait_listening()
+        end = time.monotonic() + 60
+        while "WRONGPASS" not in str(front.get_json("/ready")[1]):
+            assert time.monotonic() < end, front.get_json("/ready")
+            time.sleep(0.2)
+        tls_redis.command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
+        end = time.monotonic() + 60
+        while True:  # /status, not /ready: a daemon that missed its start-up window stays failed, as designed
+            client = redis_client_state(front)
+            if client["connected"] or time.monotonic() > end:
+                break
+            time.sleep(0.2)
+        assert client["connected"] and client["last_error"] is None, client
+    finally:
+        cluster.stop()
+        tls_redis.command("ACL", "DELUSER", user)
+    assert password not in front.output
