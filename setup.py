@@ -34,7 +34,8 @@ setup(
         "tqdm>=4.66",
     ],
     # The tests' and benchmarks' tools (pinned, with what only they pull, in requirements-dev.lock).
-    extras_require={"test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=24.9", "hypothesis>=6.100", "build>=1.2"]},
+    extras_require={"test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=24.9", "hypothesis>=6.100", "build>=1.2",
+                             "supervisor>=4.2"]},
     entry_points={
         "console_scripts": ["ingest-load = pipedingest.load:main", "ingest-init = pipedingest.starter:main"],
     },

@@ -37,7 +37,6 @@ class SystemdNotifier:
             address = "\0" + address[1:]
         self.address = address or None
         self.monotonic_usec = monotonic_usec
-        self._socket: Optional[socket.socket] = None
         self._failed = False
 
     @classmethod
@@ -66,10 +65,10 @@ class SystemdNotifier:
             return False
         data = "\n".join(" ".join(line.splitlines()) for line in lines).encode("utf-8", "replace")
         try:
-            if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._socket.setblocking(False)
-            self._socket.sendto(data, self.address)
+            # A socket per message: a handful are sent in a daemon's life, and none is left open behind them.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.setblocking(False)
+                sock.sendto(data, self.address)
         except OSError as error:
             if not self._failed:
                 self._failed = True
