@@ -124,9 +124,10 @@ class RedisServer:
         raise RedisUnavailable(f"redis-server did not answer PING on port {self.port} within {timeout:g}s; "
                                f"see {self.log_path}")
 
-    def _config(self) -> str:
+    def _config(self, port: int | None = None) -> str:
+        """The config file's text; *port* (default: this server's) is the plain port, 0 for none."""
         quoted = self.directory.replace("\\", "\\\\").replace('"', '\\"')
-        return CONFIG.format(port=self.port, directory=quoted)
+        return CONFIG.format(port=self.port if port is None else port, directory=quoted)
 
     def _open(self, timeout: float):
         """A connection ready for commands, and the bytes to send before the first one."""
@@ -204,20 +205,13 @@ class RedisServer:
             return ""
 
 
+#: What a TLS-only server adds to CONFIG (written with port 0: no plain port).
 TLS_CONFIG = """\
-bind 127.0.0.1
-port 0
 tls-port {port}
 tls-cert-file "{directory}/server.crt"
 tls-key-file "{directory}/server.key"
 tls-ca-cert-file "{directory}/ca.crt"
 tls-auth-clients no
-daemonize no
-dir "{directory}"
-logfile ""
-save ""
-appendonly yes
-appendfsync everysec
 user default off
 user {user} on >{password} ~* &* +@all
 """
@@ -267,7 +261,8 @@ class TLSRedisServer(RedisServer):
     def _config(self) -> str:
         if not os.path.exists(os.path.join(self.directory, "server.crt")):
             make_server_certificate(self.directory)
-        return TLS_CONFIG.format(port=self.port, directory=self.directory, user=self.user, password=self.password)
+        return super()._config(port=0) + TLS_CONFIG.format(port=self.port, directory=self.directory, user=self.user,
+                                                           password=self.password)
 
     def _open(self, timeout: float):
         context = ssl.create_default_context(cafile=self.ca_file)
