@@ -8,12 +8,19 @@ HTTP client only, can use it too.
 
 An article as a client sends it::
 
-    {"id"?, "title"?, "body", "source"?, "url"?, "published"?}      all text
+    {"id"?, "title"?, "body", "source"?, "url"?, "published"?, "language"?}      all text
+
+``language`` is a language tag (``fr``, ``fr-CA``, ``EN``), kept as its primary subtag in lower case
+(``fr``): the value pipelines route on. ``detect-language`` fills it in when the client sends none, and
+then adds ``language_confidence`` (0 to 1).
 
 Its stored document adds what extraction found and when it was stored::
 
-    {"id", "title", "source", "url", "published", "body",
-     "entities", "entity_counts", "words", "model", "ingested_at"}
+    {"id", "title", "source", "url", "published", "body", "language", "language_confidence",
+     "entities", "entity_counts", "words", "model", "fields", "ingested_at"}
+
+``fields`` is there only when extraction read more than the body (``extract-entities`` ``fields:``): each
+entity then names its ``field``, and its ``start``/``end`` index into that field's text.
 """
 from __future__ import annotations
 
@@ -24,11 +31,17 @@ from collections import Counter
 from typing import Any, Optional
 
 #: The fields a client may send, all text; only ``body`` is required.
-INPUT_FIELDS = ("id", "title", "body", "source", "url", "published")
-#: What extraction adds: the entities, their count per label, the word count, the model.
-RESULT_FIELDS = ("entities", "entity_counts", "words", "model")
+INPUT_FIELDS = ("id", "title", "body", "source", "url", "published", "language")
+#: What extraction adds: the entities, their count per label, the word count, the model, and (only when
+#: more than the body was read) the fields read; ``language`` is the article's, when known.
+RESULT_FIELDS = ("entities", "entity_counts", "words", "model", "fields", "language")
+#: What ``detect-language`` adds to an article that stated no language.
+DETECTED_FIELDS = ("language_confidence",)
 #: The fields of a stored document besides ``id`` (and ``ingested_at``, which the store sets).
-STORED_FIELDS = ("title", "source", "url", "published", "body") + RESULT_FIELDS
+STORED_FIELDS = ("title", "source", "url", "published", "body") + DETECTED_FIELDS + RESULT_FIELDS
+#: The text fields extraction may read (``extract-entities`` ``fields:``); the body alone by default.
+TEXT_FIELDS = ("title", "body")
+DEFAULT_TEXT_FIELDS = ("body",)
 #: The source of an article that names none.
 DEFAULT_SOURCE = "unknown"
 #: Firestore's limit on a document id, applied in every store alike.
@@ -42,6 +55,8 @@ MAX_ID_BYTES = 1500
 MAX_DISTINCT_ENTITIES = 10_000
 
 _RESERVED_ID = re.compile(r"^__.*__$")
+#: A language tag as clients send it: a primary subtag of 2 or 3 letters, then optional subtags.
+_LANGUAGE_TAG = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
 
 
 class ArticleError(ValueError):
@@ -125,6 +140,8 @@ def check_article(value: Any, max_chars: Optional[int] = None) -> dict:
     if max_chars is not None and len(body) > max_chars:
         raise ArticleTooLong(len(body), max_chars)
     article = {key: value[key] for key in INPUT_FIELDS if key in value}
+    if "language" in article:
+        article["language"] = language_code(article["language"])
     if not article.get("id"):
         article["id"] = content_id(article)
     problem = id_problem(article["id"])
@@ -133,15 +150,32 @@ def check_article(value: Any, max_chars: Optional[int] = None) -> dict:
     return article
 
 
+def language_code(tag: str) -> str:
+    """The primary subtag of a language tag, in lower case (``fr-CA`` → ``fr``); else :class:`ArticleError`."""
+    match = _LANGUAGE_TAG.match(tag.strip())
+    if match is None:
+        raise ArticleError(f"language {tag[:40]!r} is not a language tag such as 'en' or 'fr-CA'", field="language")
+    return match.group(1).lower()
+
+
 def entity_counts(entities: list) -> dict:
     """How many entities of each label, labels in alphabetical order."""
     return dict(sorted(Counter(entity["label"] for entity in entities).items()))
 
 
-def extraction_result(article: dict, entities: list, model: dict) -> dict:
-    """What the API answers for an article: its id, entities, counts per label, words and model."""
-    return {"id": article["id"], "entities": entities, "entity_counts": entity_counts(entities),
-            "model": model, "words": count_words(article["body"])}
+def extraction_result(article: dict, entities: list, model: dict, fields=DEFAULT_TEXT_FIELDS) -> dict:
+    """What the API answers for an article: its id, entities, counts per label, words and model.
+
+    ``words`` counts the words of the *fields* read. ``fields`` and ``language`` are in the answer only
+    when extraction read more than the body, and when the article's language is known.
+    """
+    result = {"id": article["id"], "entities": entities, "entity_counts": entity_counts(entities),
+              "model": model, "words": sum(count_words(article.get(name) or "") for name in fields)}
+    if tuple(fields) != DEFAULT_TEXT_FIELDS:
+        result["fields"] = list(fields)
+    if article.get("language"):
+        result["language"] = article["language"]
+    return result
 
 
 def stored_document(article: dict, result: dict, default_source: str = DEFAULT_SOURCE) -> dict:
