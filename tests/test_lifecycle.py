@@ -137,7 +137,7 @@ pipelines:
     - store-article: {store: nowhere}
 """)
     assert [error.replace(f"{tmp_path}/", "") for error in errors] == [
-        "conf.yaml:9:7: unknown NER pool (a 'ner:' section) 'ner.pool'",
+        "conf.yaml:9:7: unknown NER pool 'ner.pool'",
         "conf.yaml:10:30: unknown store 'store.nowhere'",
     ]
 

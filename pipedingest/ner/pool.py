@@ -97,6 +97,7 @@ class NERPool(service.Service):
       batch leaves nothing behind (see ``ChildSettings``). 0: every batch in a zone.
     - ``crash_marker_for_tests``: a test hook, see ``ChildSettings``; never set it in a real configuration.
     - ``budget``: what the pool was sized by (see ``pipedingest.budget``), shown as is in ``state()``.
+    - ``label``: the pool's resource name (``ner.pool``, ``ner.fr``), its ``pool`` label in ``metrics()``.
     """
 
     name = "ner"
@@ -124,6 +125,7 @@ class NERPool(service.Service):
         reactor=None,
         crash_marker_for_tests: str = "",
         budget: dict | None = None,
+        label: str = "ner.pool",
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -157,6 +159,8 @@ class NERPool(service.Service):
         self.max_chars = max_chars
         self.max_idle = max_idle
         self.budget = budget
+        #: the pool's resource name (``ner.pool``, ``ner.fr``): its ``pool`` label in /metrics, and in its logs
+        self.label = label
         self.clock = reactor if clock is None else clock
         self.reactor = reactor
         self.model = None
@@ -201,7 +205,8 @@ class NERPool(service.Service):
         if self._phase != STARTING_UP:  # stopService came first
             return
         self._phase = RUNNING
-        log.info("NER pool up: children {pids} with {model}", pids=[child.pid for child in self.children],
+        log.info("NER pool {pool} up: children {pids} with {model}", pool=self.label,
+                 pids=[child.pid for child in self.children],
                  model=self.model)
         self._dispatch()
 
@@ -755,24 +760,27 @@ class NERPool(service.Service):
         }
 
     def metrics(self) -> list:
-        """For /metrics: the pool now (children, queue, each child's memory), its counts, its histograms."""
+        """For /metrics: the pool now (children, queue, each child's memory), its counts, its histograms;
+        every sample labelled with the pool (``pool="ner.fr"``), since a daemon may run several."""
         state = self.state()
+        pool = {"pool": self.label}
         families = [
             gauge("pipedingest_ner_children", "NER child processes alive (or loading), not asked to stop",
-                  state["children"]),
-            gauge("pipedingest_ner_children_busy", "NER children working on a batch", state["busy"]),
-            gauge("pipedingest_ner_queued_articles", "Articles waiting for a child", state["queued"]["articles"]),
+                  state["children"], **pool),
+            gauge("pipedingest_ner_children_busy", "NER children working on a batch", state["busy"], **pool),
+            gauge("pipedingest_ner_queued_articles", "Articles waiting for a child", state["queued"]["articles"],
+                  **pool),
             gauge("pipedingest_ner_queued_words", "Words of the articles waiting for a child",
-                  state["queued"]["words"]),
+                  state["queued"]["words"], **pool),
             gauge("pipedingest_ner_in_flight_articles", "Articles in batches that children are working on",
-                  state["in_flight"]["articles"]),
-            *(count(name, documentation, self._counts[key]) for key, name, documentation in NER_COUNTS),
+                  state["in_flight"]["articles"], **pool),
+            *(count(name, documentation, self._counts[key], **pool) for key, name, documentation in NER_COUNTS),
         ]
         rss = {child.pid: resident_bytes(child.pid) for child in self.children if child.pid and not child.exited}
         memory = gauges("pipedingest_ner_child_resident_memory_bytes",
-                        "Resident memory of each NER child (VmRSS of /proc/<pid>/status)", ["pid"],
-                        [((pid,), size) for pid, size in sorted(rss.items()) if size is not None])
-        return [*families, memory, *reported((self._extraction_seconds, self._batch_seconds))]
+                        "Resident memory of each NER child (VmRSS of /proc/<pid>/status)", ["pool", "pid"],
+                        [((self.label, pid), size) for pid, size in sorted(rss.items()) if size is not None])
+        return [*families, memory, *reported((self._extraction_seconds, self._batch_seconds), **pool)]
 
 
 #: The pool's counts as counters: (its key in ``state()``, the metric, what it counts).

@@ -12,13 +12,24 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from twisted.internet.defer import FirstError, gatherResults
 from twisted.plugin import IPlugin
 from zope.interface import provider
 
-from pipedingest.article import ArticleError, ArticleTooLong, check_article, count_words, extraction_result
+from pipedingest.article import (
+    DEFAULT_TEXT_FIELDS,
+    TEXT_FIELDS,
+    ArticleError,
+    ArticleTooLong,
+    check_article,
+    count_words,
+    extraction_result,
+)
+from pipedingest.config.errors import ConfigError
 from pipedingest.deadline import Deadline
 from pipedingest.engine.baton import get_path, set_path
 from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Option, Processor
+from pipedingest.providers.ner import SINGLE_POOL
 from pipedingest.ner.errors import (
     ArticleTimeout,
     ArticleTooLarge,
@@ -117,7 +128,12 @@ class ValidateArticles(InputOutputProcessor):
 
 @provider(IPlugin, IProcessor)
 class ExtractEntities(InputOutputProcessor):
-    """The named entities of an article, from the NER pool.
+    """The named entities of an article, from an NER pool (``pool``: ``ner.pool``, or a named one, ``ner.fr``).
+
+    ``fields`` says which of the article's texts are read: the body alone by default (the answer is then as it
+    always was), or ``[title, body]``. With more than the body, each entity carries the ``field`` it was
+    found in, its ``start``/``end`` index into that field's text, and the answer lists the ``fields`` read;
+    each field is one text for the pool (an empty or absent title is skipped), all extracted at once.
 
     The work is bounded by the request's deadline (the baton's ``deadline``, see
     :mod:`pipedingest.deadline`), extended for a long article by
@@ -130,6 +146,9 @@ class ExtractEntities(InputOutputProcessor):
     name = "extract-entities"
     options = {"input_path": Option(str, "article", "where the article is"),
                "output_path": Option(str, "result", "where to put the result"),
+               "pool": Option(str, SINGLE_POOL, "the NER pool: ner.pool (a single-pool 'ner:' section) or ner.NAME"),
+               "fields": Option(list, list(DEFAULT_TEXT_FIELDS), f"the article's texts to read, among "
+                                f"{', '.join(TEXT_FIELDS)}", items=str),
                "pending": Option((str, type(None)), None, "the pending table to wait in"),
                "deadline_path": Option((str, type(None)), "deadline",
                                        "where the request's deadline is (null: the pool's own deadline)"),
@@ -138,30 +157,46 @@ class ExtractEntities(InputOutputProcessor):
 
     def __init__(self, config, step):
         super().__init__(config, step)
+        fields = config["fields"]
+        unknown = [name for name in fields if name not in TEXT_FIELDS]
+        if unknown or not fields or len(set(fields)) != len(fields):
+            raise ConfigError(f"fields must name each of {', '.join(TEXT_FIELDS)} at most once, and at least one, "
+                              f"not {fields}", "for example: fields: [title, body]", key="fields")
+        self.fields = tuple(fields)
         self.clock = step.clock
-        self.pool = step.reference("ner.pool", wanted="NER pool (a 'ner:' section)")
+        self.pool = step.reference(config["pool"], wanted="NER pool")
         self.pending = None
         if config["pending"]:
             self.pending = step.reference(f"pending.{config['pending']}", "pending", "pending table")
 
     def process_input(self, article, baton):
         pool = self.pool.value
-        body = article["body"]
-        allowance = count_words(body) / 1000 * self.config["seconds_per_1000_words"]
+        texts = [(name, article.get(name) or "") for name in self.fields]
+        texts = [(name, text) for name, text in texts if name == "body" or text.strip()]
+        allowance = sum(count_words(text) for _, text in texts) / 1000 * self.config["seconds_per_1000_words"]
         deadline = get_path(baton, self.config["deadline_path"], None) if self.config["deadline_path"] else None
         if isinstance(deadline, Deadline):
             deadline.extend_to(deadline.at + allowance)
             until = deadline.at
         else:
             until = self.clock.seconds() + pool.deadline + allowance
-        work = pool.extract(body, until)
+        if self.fields == DEFAULT_TEXT_FIELDS:
+            work = pool.extract(article["body"], until)
+        else:
+            work = gatherResults([pool.extract(text, until) for _, text in texts], consumeErrors=True)
+            work.addCallbacks(self._merged, _first_failure, callbackArgs=([name for name, _ in texts],))
         if self.pending is not None:
             work = self.pending.value.track(baton, work, until)
         return work.addCallbacks(self._result, self._failed, callbackArgs=(article,))
 
     @staticmethod
-    def _result(extracted: dict, article: dict) -> dict:
-        return extraction_result(article, extracted["entities"], extracted["model"])
+    def _merged(extracted: list, names: list) -> dict:
+        """The extractions of several fields as one, each entity naming its field."""
+        entities = [{**entity, "field": name} for name, one in zip(names, extracted) for entity in one["entities"]]
+        return {"entities": entities, "model": extracted[0]["model"]}
+
+    def _result(self, extracted: dict, article: dict) -> dict:
+        return extraction_result(article, extracted["entities"], extracted["model"], self.fields)
 
     @staticmethod
     def _failed(failure):
@@ -180,6 +215,12 @@ class ExtractEntities(InputOutputProcessor):
         if failure.check(InvalidText):
             raise WebError(400, str(failure.value))
         return failure
+
+
+def _first_failure(failure):
+    """The failure of the first field whose extraction failed (``gatherResults`` wraps it)."""
+    failure.trap(FirstError)
+    return failure.value.subFailure
 
 
 @provider(IPlugin, IProcessor)

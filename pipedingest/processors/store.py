@@ -1,6 +1,12 @@
 """Processors that keep articles and read them back: ``store-article``, ``find-stored-article``,
 ``fetch-article``, ``list-articles``.
 
+A model upgrade: ``find-stored-article`` with ``reextract: when-model-differs`` lets an article through to
+extraction again when its stored ``model`` (name or version) is not its pool's, and marks it stale
+(``stale_path``); ``store-article`` then replaces the stored document with ``replace()``, which corrects the
+entity counters in the same commit, once, however many re-posts of that id race (the first replaces, the
+others find the new model already there).
+
 They name a store declared under ``stores:``; the store's errors become HTTP
 statuses here (the stores know nothing of HTTP).
 """
@@ -12,6 +18,7 @@ from zope.interface import provider
 from pipedingest.article import DEFAULT_SOURCE, stored_document, stored_result
 from pipedingest.engine.baton import get_path, set_path
 from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Option, Processor
+from pipedingest.providers.ner import SINGLE_POOL
 from pipedingest.store.base import (
     DocumentTooLarge,
     InvalidArticle,
@@ -22,6 +29,9 @@ from pipedingest.store.base import (
 from pipedingest.web.errors import WebError
 
 STORE = Option(str, "articles", "the store's name under 'stores:'")
+#: The values of ``find-stored-article``'s ``reextract``.
+NEVER, WHEN_MODEL_DIFFERS = "never", "when-model-differs"
+REEXTRACT = (NEVER, WHEN_MODEL_DIFFERS)
 
 
 def store_reference(step, name: str):
@@ -58,6 +68,7 @@ class StoreArticle(Processor):
         "status_path": Option(str, "status", "where to put 201 (created) or 200 (already stored)"),
         "output_path": Option(str, "stored", "where to put true (created) or false"),
         "default_source": Option(str, DEFAULT_SOURCE, "the source of an article that names none"),
+        "stale_path": Option(str, "stale", "where find-stored-article marks a stored article to replace"),
     }
 
     def __init__(self, config, step):
@@ -68,11 +79,17 @@ class StoreArticle(Processor):
         article = get_path(baton, self.config["article_path"])
         result = get_path(baton, self.config["result_path"])
         document = stored_document(article, result, self.config["default_source"])
+        if get_path(baton, self.config["stale_path"], None):
+            return self.store.value.replace(document).addCallbacks(self._replaced, store_failed,
+                                                                   callbackArgs=(baton,))
         return self.store.value.put(document).addCallbacks(self._stored, store_failed, callbackArgs=(baton,))
 
     def _stored(self, created: bool, baton):
         baton = set_path(baton, self.config["output_path"], created)
         return set_path(baton, self.config["status_path"], 201 if created else 200)
+
+    def _replaced(self, outcome: str, baton):
+        return self._stored(outcome == "created", baton)
 
 
 @provider(IPlugin, IProcessor)
@@ -84,6 +101,11 @@ class FindStoredArticle(Processor):
     have set them for an article already stored), false otherwise; a pipeline goes on to extract and store
     only when it is false (``stop: {decider: "baton: baton['found']"}``). As with ``store-article``, the
     article stored first wins: a second one with the same id and another body is not extracted.
+
+    ``reextract: when-model-differs`` (with ``pool``, the pool that would extract it): a stored article whose
+    model name or version differs from the pool's is treated as not found, so it is extracted again, and
+    ``stale_path`` is set to its stored model, so that ``store-article`` replaces it. ``never`` (the
+    default): what is stored is answered, whatever model found it.
     """
 
     name = "find-stored-article"
@@ -93,11 +115,18 @@ class FindStoredArticle(Processor):
         "result_path": Option(str, "result", "where to put the stored entities (when found)"),
         "status_path": Option(str, "status", "where to put 200 (when found)"),
         "output_path": Option(str, "found", "where to put true (already stored) or false"),
+        "reextract": Option(str, NEVER, "never, or when-model-differs: extract again what an older model found",
+                            choices=REEXTRACT),
+        "pool": Option(str, SINGLE_POOL, "with reextract: the NER pool whose model is the current one"),
+        "stale_path": Option(str, "stale", "where to put the stored model of an article to extract again"),
     }
 
     def __init__(self, config, step):
         super().__init__(config, step)
         self.store = store_reference(step, config["store"])
+        self.pool = None
+        if config["reextract"] != NEVER:
+            self.pool = step.reference(config["pool"], wanted="NER pool")
 
     def process(self, baton):
         article = get_path(baton, self.config["article_path"])
@@ -106,9 +135,22 @@ class FindStoredArticle(Processor):
     def _found(self, document, baton):
         if document is None:
             return set_path(baton, self.config["output_path"], False)
+        if self.pool is not None and model_differs(document.get("model"), self.pool.value.model):
+            baton = set_path(baton, self.config["stale_path"], document.get("model") or {})
+            return set_path(baton, self.config["output_path"], False)
         baton = set_path(baton, self.config["result_path"], stored_result(document))
         baton = set_path(baton, self.config["status_path"], 200)
         return set_path(baton, self.config["output_path"], True)
+
+
+def model_differs(stored, current) -> bool:
+    """Whether a document stored by model *stored* (``{name, version}``) is stale for the pool's *current*
+    model; never while the pool has not said which model it runs (no child has loaded it yet)."""
+    if not current:
+        return False
+    if not isinstance(stored, dict):
+        return True
+    return (stored.get("name"), stored.get("version")) != (current.get("name"), current.get("version"))
 
 
 @provider(IPlugin, IProcessor)

