@@ -18,8 +18,10 @@ batch a child works on counts for crashes and deadlines: a batch still waiting i
 died is sent again, as if never sent.
 
 Identical texts in flight at the same time share one extraction: a text equal to one still waiting or being
-extracted, whose deadline is not later than that one's, follows it instead of being extracted again. Each
-caller keeps its own Deferred, deadline and cancellation: the extraction is cancelled only once nobody waits.
+extracted follows it instead of being extracted again (so concurrent posts, or re-posts after a model
+upgrade, of one article cost one extraction). The extraction runs until the latest of its callers'
+deadlines; each caller keeps its own Deferred, deadline and cancellation, and the extraction is cancelled
+only once nobody waits.
 """
 from __future__ import annotations
 
@@ -277,8 +279,10 @@ class NERPool(service.Service):
             return defer.fail(ArticleTimeout(deadline, dispatched=False, allowed=0.0))
         key = hashlib.blake2b(data, digest_size=16).digest()
         same = self._identical.get(key)
-        if same is not None and same.waiting and deadline <= same.deadline:
+        if same is not None and same.waiting:
             self._counts["shared"] += 1
+            if deadline > same.deadline:
+                self._extend(same, deadline, now)
             return self._follow(same, deadline, now)
         article = Article(data=data, words=words, queued_at=now, deadline=deadline, followers=[], key=key)
         article.result = defer.Deferred(lambda _: self._cancelled(article))
@@ -300,6 +304,21 @@ class NERPool(service.Service):
             follower["timer"] = self.clock.callLater(deadline - now, self._follower_expired, article, follower)
         article.followers.append(follower)
         return follower["result"]
+
+    def _extend(self, article: Article, deadline: float, now: float) -> None:
+        """A caller with a later deadline follows *article*: the extraction may now run until then, while each
+        earlier caller still fails alone at its own deadline (it gets its own timer). A batch the article is
+        already running in is watched until its new deadline too."""
+        for follower in article.followers:
+            if follower["timer"] is None and follower["deadline"] < deadline:
+                follower["timer"] = self.clock.callLater(max(0.0, follower["deadline"] - now),
+                                                         self._follower_expired, article, follower)
+        article.deadline = deadline
+        if article.expiry is not None and article.expiry.active():
+            article.expiry.reset(deadline - now)
+        for batch in self._in_flight:
+            if article in batch.articles and batch.overrun is not None and batch.overrun.active():
+                batch.overrun.reset(max(0.0, batch.deadline - now))
 
     def _unfollow(self, article: Article, follower: dict, problem) -> None:
         """A caller gave up (cancelled, or its deadline passed); nobody left waiting: the extraction stops."""

@@ -162,17 +162,37 @@ async def test_a_caller_of_a_shared_extraction_gives_up_alone(clocked, corpus, a
     first = clocked.extract(text, now + 50)
     early = clocked.extract(text, now + 10)     # follows, with its own earlier deadline
     leaving = clocked.extract(text, now + 50)   # follows, then its client goes away
-    later = clocked.extract(text, now + 90)     # a later deadline than the extraction's: extracted apart
-    assert clocked.state()["in_flight"]["articles"] + clocked.state()["queued"]["articles"] == 2
+    later = clocked.extract(text, now + 90)     # a later deadline: follows too, and the extraction may run longer
+    assert clocked.state()["in_flight"]["articles"] + clocked.state()["queued"]["articles"] == 1
     leaving.cancel()
     with pytest.raises(defer.CancelledError):
         await leaving
     clocked.clock.advance(10)
     with pytest.raises(ArticleTimeout):
         await early
-    clocked.clock.advance(WINDOW)  # the separate extraction may have waited for the window
     assert (await first)["entities"] == alone(text)
     assert (await later)["entities"] == alone(text)
+    await settled(clocked, until)
+    assert clocked.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_later_caller_extends_the_shared_extraction_and_an_earlier_one_still_fails_on_time(
+    clocked, corpus, alone, until
+):
+    await settled(clocked, until)
+    text = corpus[533]
+    now = clocked.clock.seconds()
+    before = clocked.state()
+    first = clocked.extract(text, now + 50)
+    later = clocked.extract(text, now + 90)
+    assert clocked.state()["shared"] == before["shared"] + 1
+    clocked.clock.advance(50)  # in this same turn: the child cannot have answered yet
+    with pytest.raises(ArticleTimeout):
+        await first
+    assert not later.called, "the extraction now runs until the later caller's deadline"
+    assert (await later)["entities"] == alone(text)
+    assert clocked.state()["articles"] == before["articles"] + 1
     await settled(clocked, until)
     assert clocked.clock.getDelayedCalls() == []
 
