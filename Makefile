@@ -1,6 +1,6 @@
 # The two commands a new user needs (see README.md): `make run` and `make test`.
 # Both set everything up first; scripts/bootstrap is idempotent and quick when nothing changed.
-.PHONY: run test check bench profile fuzz config-fuzz scaleout setup dist
+.PHONY: run test check bench bench-languages profile fuzz config-fuzz scaleout setup dist
 
 CONFIG ?= conf/dev.yaml
 
@@ -23,6 +23,12 @@ check: setup
 bench: setup
 	.venv/bin/python -m pip install --quiet -r bench/requirements.txt
 	.venv/bin/python bench/ner_http.py
+
+# Several models: detection cost against NER, two pools against one on a mixed English/French set, and
+# re-extraction throughput after a model upgrade (docs/benchmarks.md "Several models")
+bench-languages: setup
+	.venv/bin/python bench/languages.py --runs $(or $(RUNS),3)
+	.venv/bin/python bench/reextract.py --runs $(or $(RUNS),3)
 
 # py-spy on the reactor process and an NER child, under load and on one-word round trips
 profile: setup
