@@ -357,7 +357,8 @@ async def test_the_index_overrides_name_the_large_fields_the_stored_documents_re
         article = {"id": "large", "title": "A long one", "source": "wire", "url": "https://example.com/large",
                    "published": "2026-01-01", "body": "Ada Lovelace met Charles Babbage. " * 2000,
                    "entities": entities, "entity_counts": {"PERSON": 300}, "words": 10_000,
-                   "model": {"name": "en_core_web_sm", "version": "3.8.0"}}
+                   "model": {"name": "en_core_web_sm", "version": "3.8.0"}, "language": "en",
+                   "language_confidence": 0.998, "fields": ["title", "body"]}
         assert set(article) - {"id"} == set(STORED_FIELDS)
         assert await store.put(article) is True
     finally:
