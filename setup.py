@@ -40,6 +40,7 @@ setup(
     extras_require={"test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=24.9", "hypothesis>=6.100", "build>=1.2",
                              "supervisor>=4.2"]},
     entry_points={
-        "console_scripts": ["ingest-load = pipedingest.load:main", "ingest-init = pipedingest.starter:main"],
+        "console_scripts": ["ingest-load = pipedingest.load:main", "ingest-init = pipedingest.starter:main",
+                            "ingest-reextract = pipedingest.reextract:main"],
     },
 )
