@@ -610,15 +610,12 @@ def _ending(reextractor: Reextractor, report: dict, state: StateFile, args, brok
     if reextractor.stopping is not None:
         say(f"interrupted; run again to resume (the state file {args.state} keeps what was done)")
         return 128 + reextractor.stopping
-    if report["failed"]:
-        return EXIT_FAILED
     if reextractor.limited:
         say(f"stopped at --limit {args.limit}; run again to go on (the state file {args.state} keeps what was done)")
-        return EXIT_OK
-    if report["complete"]:
+    elif report["complete"] and not report["failed"]:
         state.remove()
         say(f"every selected article is done; the state file {args.state} is deleted")
-    return EXIT_OK
+    return EXIT_FAILED if report["failed"] else EXIT_OK
 
 
 if __name__ == "__main__":
