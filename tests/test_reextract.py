@@ -8,12 +8,16 @@ shows retries, failures and requests held in flight while a signal arrives.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import time
 from datetime import datetime, timezone
 
@@ -280,13 +284,21 @@ async def sqlite_with(tmp_path, count: int) -> str:
 
 
 class Command(protocol.ProcessProtocol):
-    """``ingest-reextract ARGS`` run on this reactor: its output as it comes, and ``ended`` with its status."""
+    """``ingest-reextract ARGS`` run on this reactor: its output as it comes, and ``ended`` with its status.
 
-    def __init__(self, *args, cwd):
+    With *terminal*, its output is a terminal 120 columns wide (stdout and stderr both in ``out``).
+    """
+
+    def __init__(self, *args, cwd, terminal=False):
         self.out, self.err = b"", b""
         self.ended = defer.Deferred()
+        pty_ = None
+        if terminal:
+            master, slave = pty.openpty()
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+            pty_ = (master, slave, os.ttyname(slave))
         self.transport = reactor.spawnProcess(self, REEXTRACT, [REEXTRACT, *map(str, args)], env=dict(os.environ),
-                                              path=str(cwd))
+                                              path=str(cwd), usePTY=pty_)
 
     def outReceived(self, data):
         self.out += data
@@ -296,6 +308,9 @@ class Command(protocol.ProcessProtocol):
 
     def processEnded(self, reason):
         self.ended.callback(reason.value.exitCode)
+
+    def childConnectionLost(self, fd):
+        pass
 
     async def result(self):
         code = await self.ended
@@ -380,6 +395,21 @@ async def test_a_signal_stops_sending_waits_for_those_in_flight_and_a_second_aba
     report = json.loads(out)
     assert (report["skipped"], report["posted"], report["changed"] + report["unchanged"]) == (14, 26, 40)
     assert sorted(server.arrived[16:]) == sorted(set(f"article-{n:03d}" for n in range(40)) - set(first))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_progress_bar_on_a_terminal_unless_quiet(stand_in, tmp_path):
+    config = await sqlite_with(tmp_path, 12)
+    server = await stand_in()
+    out, _, code = await Command("-c", config, "--url", server.url, "--limit", "5", cwd=tmp_path,
+                                 terminal=True).result()
+    assert code == 0, out
+    assert "5/12 [" in out and "article/s, changed=2, unchanged=3, failed=0]" in out, out
+    out, _, code = await Command("-c", config, "--url", server.url, "--quiet", cwd=tmp_path, terminal=True).result()
+    assert code == 0 and "walked 12 of 12 selected articles: 5 skipped" in out
+    assert "/12 [" not in out and "article/s" not in out, out
+    out, err, code = await reextract("-c", config, "--url", server.url, cwd=tmp_path)
+    assert code == 0 and "article/s" not in err and err.count("\n") == 1, "no bar when stderr is not a terminal"
 
 
 MISTAKES = {
