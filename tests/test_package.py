@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 #: What an operator's environment has: no PYTHONPATH pointing into a clone, no virtualenv of the tests.
 CLEAN_ENV = {key: value for key, value in os.environ.items()
              if key not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "INGEST_TOKEN")}
-SHIPPED = ["articles.yaml", "dev.yaml", "front.yaml", "prod.yaml", "streams.yaml", "worker.yaml"]
+SHIPPED = ["articles.yaml", "dev.yaml", "front.yaml", "multilingual.yaml", "prod.yaml", "streams.yaml", "worker.yaml"]
 
 
 def run(*args, cwd, env=CLEAN_ENV, timeout=600):
