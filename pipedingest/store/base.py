@@ -7,7 +7,16 @@ the same promises, so a pipeline never knows which one it talks to:
 * ``put`` is idempotent: an article id is stored at most once, and its entity
   counters are applied at most once, however often and however concurrently
   it is posted.  The Deferred says whether this call created it.
-* Every ``put`` ends: its Deferred fires with True/False or fails with a
+* ``replace`` overwrites an article stored with another model (a model upgrade
+  re-extracts it).  Its Deferred says ``"created"`` (the id was not stored: as
+  ``put``), ``"unchanged"`` (the stored document's ``model`` has the new one's
+  name and version: nothing is written) or ``"replaced"``: in one transaction,
+  the document takes the new fields (keeping its ``ingested_at``), the old
+  document's entity tally is taken off its source's counters and the new one
+  added to the new source's.  So concurrent re-posts of one id, in one process
+  or several, change the counters once; a failed replace changes nothing.  A
+  counter that falls to 0 is no longer listed by ``entity_counters``.
+* Every ``put`` and ``replace`` ends: its Deferred fires or fails with a
   :class:`StoreError`.  Nothing is dropped without a report.
 * Documents returned by ``get``/``recent`` are JSON-able; timestamps are
   ISO 8601 UTC strings ending in ``Z``.
@@ -49,6 +58,9 @@ MAX_DOCUMENT_BYTES = 1_048_576
 #: stays within the 1,500 bytes Firestore allows.
 MAX_COUNTED_TEXT_BYTES = 512
 MAX_COUNTED_LABEL_BYTES = 128
+#: How writes end, as ``state()`` counts them: ``put`` creates or finds the id stored,
+#: ``replace`` creates, replaces or finds the same model.
+WRITE_OUTCOMES = ("created", "existing", "replaced", "unchanged")
 
 
 class StoreError(Exception):
@@ -102,6 +114,10 @@ class IArticleStore(IService):
     def put(article):
         """Store *article*; Deferred[bool]: True if created now, False if that id was already stored."""
 
+    def replace(document):
+        """Store *document* (checked as by ``put``) over the stored one unless that has the same model
+        (name and version); Deferred[str]: ``"created"``, ``"replaced"`` or ``"unchanged"``."""
+
     def get(article_id):
         """Deferred[dict | None]: the stored document with its ``id``, or None."""
 
@@ -139,6 +155,35 @@ def entity_tally(entities) -> dict[str, dict[str, int]]:
         label = counted_as(label, MAX_COUNTED_LABEL_BYTES)
         labels[label] = labels.get(label, 0) + 1
     return tally
+
+
+def model_of(document: dict) -> tuple | None:
+    """What ``replace`` compares: the name and version of the document's ``model``, or None."""
+    model = document.get("model")
+    return (model.get("name"), model.get("version")) if isinstance(model, dict) else None
+
+
+def counter_changes(old_source: str, old_tally: dict, new_source: str, new_tally: dict) -> dict:
+    """What replacing a document changes in the entity counters: ``{source: {text: {label: n}}}``.
+
+    The old tally is taken from the old source, the new one added to the new source;
+    counts that cancel out (same source, text and label) are left out.
+    """
+    changes: dict[str, dict[str, dict[str, int]]] = {}
+    for source, tally, sign in ((old_source, old_tally, -1), (new_source, new_tally, 1)):
+        for text, labels in tally.items():
+            for label, n in labels.items():
+                counts = changes.setdefault(source, {}).setdefault(text, {})
+                counts[label] = counts.get(label, 0) + sign * n
+    for source, tally in list(changes.items()):
+        for text, labels in list(tally.items()):
+            for label in [label for label, n in labels.items() if n == 0]:
+                del labels[label]
+            if not labels:
+                del tally[text]
+        if not tally:
+            del changes[source]
+    return changes
 
 
 def counted_as(text: str, limit: int) -> str:
@@ -220,12 +265,12 @@ class ThreadedStore(Service):
     (:meth:`flush`), then waits for every call still in a thread, and only then
     stops the pool, so joining its threads never blocks the reactor for long.
 
-    :meth:`put` does what every store does before writing: check the document's
-    shape, size and number of entities (:class:`InvalidArticle`,
+    :meth:`put` and :meth:`replace` do what every store does before writing: check
+    the document's shape, size and number of entities (:class:`InvalidArticle`,
     :class:`DocumentTooLarge`, :class:`TooManyEntities`, counted as errors), tally
     its entities when the store counts them, and refuse work while not running;
-    subclasses :meth:`prepare` the write (more checks of their own) and
-    :meth:`write` it.
+    subclasses :meth:`prepare` the write (more checks of their own), then
+    :meth:`write` or :meth:`rewrite` it.
     """
 
     kind = "store"
@@ -283,6 +328,15 @@ class ThreadedStore(Service):
 
     def put(self, article) -> Deferred:
         """Store *article*; Deferred[bool]: True if created now, False if that id was already stored."""
+        return self._checked(article, self.write)
+
+    def replace(self, document) -> Deferred:
+        """Store *document* over a stored one of another model; Deferred[str]: ``"created"``,
+        ``"replaced"`` or ``"unchanged"`` (see the module docstring)."""
+        return self._checked(document, self.rewrite)
+
+    def _checked(self, article, write) -> Deferred:
+        """Check and :meth:`prepare` *article*, then hand it to *write* (:meth:`write` or :meth:`rewrite`)."""
         try:
             fields = article_fields(article)
             article_id = article["id"]
@@ -293,13 +347,13 @@ class ThreadedStore(Service):
             if distinct > MAX_DISTINCT_ENTITIES:
                 raise TooManyEntities(article_id, distinct)
             tally = entity_tally(fields.get("entities")) if self.entity_counters_enabled else {}
-            write = self.prepare(article_id, fields, tally)
+            prepared = self.prepare(article_id, fields, tally)
         except StoreError:
             self._stats["errors"] += 1
             return fail()
         if not self.running:
             return fail(StoreUnavailable(f"the {self.kind} store is not running", article_id))
-        return self.write(write)
+        return write(prepared)
 
     def prepare(self, article_id: str, fields: dict, tally: dict[str, dict[str, int]]):
         """What :meth:`write` needs for one checked document and its :func:`entity_tally`
@@ -308,6 +362,10 @@ class ThreadedStore(Service):
 
     def write(self, prepared) -> Deferred:
         """Write what :meth:`prepare` made; Deferred[bool] as for :meth:`put`."""
+        raise NotImplementedError
+
+    def rewrite(self, prepared) -> Deferred:
+        """Replace with what :meth:`prepare` made; Deferred[str] as for :meth:`replace`."""
         raise NotImplementedError
 
     # -- the thread pool ------------------------------------------------------------------------------
@@ -349,9 +407,10 @@ class ThreadedStore(Service):
                   "waiting for its thread", state["queued"], **labels),
             gauge("pipedingest_store_in_flight", "Writes (SQLite: calls) being carried out", state["in_flight"],
                   **labels),
-            counts("pipedingest_store_writes", "Articles written: created, or found already stored",
+            counts("pipedingest_store_writes", "Articles written: created, found already stored (put), "
+                   "replaced, or found with the same model (replace)",
                    [*labels, "outcome"], [((name, self.kind, outcome), state.get(outcome, 0))
-                                          for outcome in ("created", "existing")]),
+                                          for outcome in WRITE_OUTCOMES]),
             count("pipedingest_store_commits", "Commits (transactions, batches) that succeeded",
                   state.get("commits", 0), **labels),
             count("pipedingest_store_retries", "Commits retried after a transient error", state.get("retries", 0),

@@ -36,9 +36,22 @@ its document does not exist, and its entity counters (``Increment``) go in the
 same commit, which Firestore applies atomically.  One existing id fails the whole
 commit with ALREADY_EXISTS, so the store then reads the batch's ids, settles the
 ones that exist (False) and commits the rest again.  Each document carries a
-private ``_ingest_token`` unique to its put, so when a commit did land but its
-answer was lost (a timeout, a dropped connection) the retry recognises its own
-document and still reports True.  Two puts of one id are never in flight at once.
+private ``_ingest_token`` unique to the put (or replace) that wrote it last, so
+when a commit did land but its answer was lost (a timeout, a dropped connection)
+the retry recognises its own document and still reports True.  Two writes (puts
+or replaces) of one id are never in flight at once in one process.
+
+**Replace** is not batched: each is one Firestore transaction on the store's
+threads, which reads the document, decides (created, unchanged: same model name
+and version, replaced) and writes the whole document (``ingested_at`` kept, a new
+token) with the counter increments: negative ones for the old document's tally on
+its source's shards, positive ones for the new, chosen as a commit chooses them.
+Across processes the transaction serialises replaces of one id; within one, a
+replace waits for the puts and replaces of its id queued or in flight before it,
+and puts queued after it wait for it.  Failures are retried and reported as for
+commits; a transaction whose answer was lost is recognised by its token.  A
+replace that nets a shard's count to 0 may leave +n and -n in two sub-shards:
+``entity_counters`` leaves out sums of 0.
 
 **Entity counters** live in shard documents
 ``{counters_collection}/{source}/entity_shards/s{S}-{shard}-{sub}`` holding one map,
@@ -103,7 +116,7 @@ from google.cloud.firestore_v1 import Increment
 from google.cloud.firestore_v1.base_query import FieldFilter
 from twisted.application.service import Service
 from twisted.internet import task
-from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -117,7 +130,10 @@ from pipedingest.store.base import (
     StoreUnavailable,
     ThreadedStore,
     check_limit,
+    counter_changes,
+    entity_tally,
     jsonable,
+    model_of,
     value_size,
 )
 
@@ -258,13 +274,69 @@ class _Pending:
         # Per write: its document's path, the precondition or merge mask, the
         # server-value transforms; per article: the token; all generously rounded up.
         self.article_size = path_bytes + len(article_id.encode("utf-8")) + 200 + wire_size(fields)
-        self.shard_write_size = (path_bytes + len(document_id(self.source).encode("utf-8"))
-                                 + len(SHARDS_COLLECTION) + 84)
+        self.shard_write_size = _shard_write_size(path_bytes, self.source)
         alone = _ShardPlan(max_transforms)
         alone.add(self)
         self.size = self.article_size + alone.bytes
         self.deferred: Deferred = Deferred()
         self.created: bool | None = None
+
+
+def _shard_write_size(path_bytes: int, source: str) -> int:
+    """An upper bound of one shard-document write of *source*, its increments aside."""
+    return path_bytes + len(document_id(source).encode("utf-8")) + len(SHARDS_COLLECTION) + 84
+
+
+class _Replacement:
+    """One replace on its way: the checked document (a :class:`_Pending`), and what the latest
+    attempt that wrote decided, so that a retry which finds its token reports that."""
+
+    __slots__ = ("item", "outcome", "counters")
+
+    def __init__(self, item: _Pending):
+        self.item = item
+        self.outcome: str | None = None
+        self.counters: _ShardPlan | None = None
+
+
+class _Turns:
+    """The article ids being written in this process, and the replaces waiting for one.
+
+    A batch of puts takes its ids when it is cut, and queued puts of an id taken
+    wait; a replace waits until its id is free and every put of it queued before
+    it has been settled.  So one id is never written by two commits at once here.
+    """
+
+    def __init__(self):
+        self._taken: set[str] = set()
+        self._waiting: dict[str, deque[Deferred]] = {}
+
+    def __contains__(self, article_id: str) -> bool:
+        return article_id in self._taken
+
+    def take(self, ids: set[str]) -> None:
+        self._taken |= ids
+
+    def wait(self, article_id: str, queued: bool) -> Deferred:
+        """Fires once *article_id* is the caller's: at once unless it is taken, waited for, or *queued*."""
+        if not queued and article_id not in self._taken and article_id not in self._waiting:
+            self._taken.add(article_id)
+            return succeed(None)
+        turn: Deferred = Deferred()
+        self._waiting.setdefault(article_id, deque()).append(turn)
+        return turn
+
+    def give_back(self, article_id: str) -> None:
+        """The writer of *article_id* is done: hand it to the first replace waiting for it, or free it."""
+        waiting = self._waiting.get(article_id)
+        if not waiting:
+            self._taken.discard(article_id)
+            return
+        turn = waiting.popleft()
+        if not waiting:
+            del self._waiting[article_id]
+        self._taken.add(article_id)
+        turn.callback(None)
 
 
 def _documents_for(keys: int, max_transforms: int) -> int:
@@ -308,8 +380,12 @@ class _ShardPlan:
         return writes, size
 
     def add(self, item: _Pending) -> None:
-        for shard, keys in item.shards.items():
-            counts = self.counts.setdefault((item.source, shard), {})
+        self.add_counts(item.source, item.shards, item.shard_write_size)
+
+    def add_counts(self, source: str, shards: dict, shard_write_size: int) -> None:
+        """Add *source*'s ``{shard: {(text key, label key): n}}``; a write of its costs *shard_write_size*."""
+        for shard, keys in shards.items():
+            counts = self.counts.setdefault((source, shard), {})
             before = _documents_for(len(counts), self.max_transforms)
             for key, n in keys.items():
                 if key not in counts:
@@ -318,7 +394,7 @@ class _ShardPlan:
                 counts[key] += n
             documents = _documents_for(len(counts), self.max_transforms) - before
             self.writes += documents
-            self.bytes += documents * item.shard_write_size
+            self.bytes += documents * shard_write_size
 
     def documents(self, subshards: int, first_sub: int):
         """``(source, shard, sub-shard, {(text key, label key): n})`` for each document to write.
@@ -435,17 +511,19 @@ class FirestoreStore(ThreadedStore):
                                f"{collection}/{counters_collection}/") + 64
         self._queue: deque[_Pending] = deque()
         self._queued_counters = _ShardPlan(max_field_transforms)
-        self._in_flight_ids: set[str] = set()
+        self._turns = _Turns()
         self._in_flight_items = 0
         self._commits_running = 0
+        self._replacing = 0
         self._timer = None
-        self._flushed = WhenIdle(lambda: not self._queue and not self._commits_running)
+        self._flushed = WhenIdle(lambda: not self._queue and not self._commits_running and not self._replacing)
         #: What is wrong with the credentials (see ``access_problem``), or None.
         self._access_problem: str | None = None
         self._access_checking = False
         self._access_checked = False  # has a check ended yet?
         self._access_recheck = None
-        self._stats.update({"commits": 0, "retries": 0, "created": 0, "existing": 0, "conflicts": 0, "split": 0,
+        self._stats.update({"commits": 0, "retries": 0, "created": 0, "existing": 0, "replaced": 0,
+                            "unchanged": 0, "conflicts": 0, "split": 0,
                             "counter_writes": 0, "counter_increments": 0, "access_errors": 0})
         self._largest = {"writes": 0, "bytes": 0}
 
@@ -585,17 +663,21 @@ class FirestoreStore(ThreadedStore):
 
     def prepare(self, article_id, fields, tally):
         """The put on its way; the constructor made sure that its writes fit one commit."""
-        shards: dict[int, dict[tuple[str, str], int]] = {}
-        for text, labels in tally.items():
-            keys = shards.setdefault(shard_of(text, self.counter_shards), {})
-            for label, n in labels.items():
-                keys[field_name(text), field_name(label)] = n
-        item = _Pending(article_id, fields, shards, self._path_bytes, self.max_field_transforms)
+        item = _Pending(article_id, fields, self._shards_of(tally), self._path_bytes, self.max_field_transforms)
         if item.size > self.max_batch_bytes:
             raise PermanentStoreError(
                 f"article {article_id!r} needs about {item.size} request bytes, more than "
                 f"max_batch_bytes={self.max_batch_bytes}", article_id)
         return item
+
+    def _shards_of(self, tally: dict) -> dict[int, dict[tuple[str, str], int]]:
+        """An :func:`entity_tally` by shard, keyed by map keys: ``{shard: {(text key, label key): n}}``."""
+        shards: dict[int, dict[tuple[str, str], int]] = {}
+        for text, labels in tally.items():
+            keys = shards.setdefault(shard_of(text, self.counter_shards), {})
+            for label, n in labels.items():
+                keys[field_name(text), field_name(label)] = n
+        return shards
 
     def write(self, item):
         self._queue.append(item)
@@ -638,7 +720,7 @@ class FirestoreStore(ThreadedStore):
         kept: deque[_Pending] = deque()
         while self._queue:
             item = self._queue.popleft()
-            if item.article_id in ids or item.article_id in self._in_flight_ids:
+            if item.article_id in ids or item.article_id in self._turns:
                 kept.append(item)
                 continue
             writes, size = counters.cost(item)
@@ -658,7 +740,7 @@ class FirestoreStore(ThreadedStore):
         self._queued_counters = _ShardPlan(self.max_field_transforms)
         for item in kept:
             self._queued_counters.add(item)
-        self._in_flight_ids |= ids
+        self._turns.take(ids)
         return batch
 
     def _commit_broke(self, failure, batch: list[_Pending]):
@@ -695,10 +777,9 @@ class FirestoreStore(ThreadedStore):
                     self._fail(batch, StoreUnavailable, problem)
                     return
                 if is_transient(error):
-                    delay = min(self.retry_maximum, self.retry_initial * 2 ** failures)
-                    delay = delay / 2 + self._random.uniform(0, delay / 2)
+                    delay = self._backoff(failures, first_attempt)
                     failures += 1
-                    if self._clock.seconds() + delay - first_attempt > self.retry_deadline:
+                    if delay is None:
                         self._fail(batch, StoreUnavailable, f"Firestore kept failing for "
                                    f"{self.retry_deadline:g}s; last error: {_describe(error)}")
                         return
@@ -726,6 +807,15 @@ class FirestoreStore(ThreadedStore):
                 self._largest["bytes"] = max(self._largest["bytes"], result.bytes)
                 self._settle_decided(batch)
                 return
+
+    def _backoff(self, failures: int, first_attempt: float) -> float | None:
+        """Seconds to wait after the transient failure number *failures* (from 0): exponential, with
+        jitter; None when retrying then would pass ``retry_deadline`` since *first_attempt*."""
+        delay = min(self.retry_maximum, self.retry_initial * 2 ** failures)
+        delay = delay / 2 + self._random.uniform(0, delay / 2)
+        if self._clock.seconds() + delay - first_attempt > self.retry_deadline:
+            return None
+        return delay
 
     def _commit_in_thread(self, batch: list[_Pending], first_sub: int = 0) -> _Commit:
         """Create the batch's documents and counters; decide ``created`` for each put.
@@ -774,13 +864,17 @@ class FirestoreStore(ThreadedStore):
             writes.create(articles.document(item.article_id),
                           dict(item.fields, ingested_at=firestore.SERVER_TIMESTAMP, **{TOKEN_FIELD: item.token}))
             counters.add(item)
+        self._add_counter_writes(client, writes, counters, first_sub)
+        return counters
+
+    def _add_counter_writes(self, client, writes, counters: _ShardPlan, first_sub: int) -> None:
+        """The shard documents' increments of *counters*, into *writes* (a batch or a transaction)."""
         for source, shard, sub, counts in counters.documents(self.counter_subshards, first_sub):
             nested: dict[str, dict[str, Increment]] = {}
             for (text, label), n in counts.items():
                 nested.setdefault(text, {})[label] = Increment(n)
             writes.set(self._shards(client, source).document(f"s{self.counter_shards}-{shard}-{sub}"),
                        {COUNTS_FIELD: nested}, merge=True)
-        return counters
 
     def _shards(self, client, source: str):
         """The collection of *source*'s shard documents."""
@@ -808,8 +902,134 @@ class FirestoreStore(ThreadedStore):
             item.deferred.errback(error_class(message, item.article_id))
 
     def _release(self, item: _Pending):
-        self._in_flight_ids.discard(item.article_id)
         self._in_flight_items -= 1
+        self._turns.give_back(item.article_id)
+
+    # -- replace: one transaction each ----------------------------------------
+
+    def rewrite(self, item: _Pending) -> Deferred:
+        self._replacing += 1
+        done = self._replace(_Replacement(item))
+        done.addCallbacks(self._replaced, self._replace_failed, errbackArgs=(item.article_id,))
+        return done.addBoth(self._replace_ended)
+
+    @inlineCallbacks
+    def _replace(self, replacement: _Replacement):
+        """Run the replace's transaction once its id is free, retrying transient failures; the outcome."""
+        article_id = replacement.item.article_id
+        yield self._turns.wait(article_id, queued=any(item.article_id == article_id for item in self._queue))
+        try:
+            first_attempt = self._clock.seconds()
+            failures = 0
+            while True:
+                first_sub = self._random.randrange(self.counter_subshards) if self.entity_counters_enabled else 0
+                try:
+                    outcome, counters = yield self.in_thread(
+                        self._replace_in_thread, replacement, first_sub).addBoth(
+                        self.commit_took, self._clock.seconds())
+                except StoreError:
+                    raise
+                except Exception as error:
+                    problem = access_problem(error, self.project, self.database)
+                    if problem is not None:
+                        self._access_failed(problem)
+                        raise StoreUnavailable(problem, article_id) from None
+                    if not is_transient(error):
+                        raise PermanentStoreError(f"Firestore refused to replace article {article_id!r}: "
+                                                  f"{_describe(error)}", article_id) from None
+                    delay = self._backoff(failures, first_attempt)
+                    failures += 1
+                    if delay is None:
+                        raise StoreUnavailable(f"Firestore kept failing for {self.retry_deadline:g}s; "
+                                               f"last error: {_describe(error)}", article_id) from None
+                    self._stats["retries"] += 1
+                    log.warn("replacing article {article_id} failed ({error}); retry {n} in {delay:.2f}s",
+                             article_id=article_id, error=_describe(error), n=failures, delay=delay)
+                    yield task.deferLater(self._clock, delay, lambda: None)
+                    continue
+                self._access_ok()
+                if counters is not None:
+                    self._stats["commits"] += 1
+                    self._stats["counter_writes"] += counters.writes
+                    self._stats["counter_increments"] += sum(len(keys) for keys in counters.counts.values())
+                return outcome
+        finally:
+            self._turns.give_back(article_id)
+
+    def _replace_in_thread(self, replacement: _Replacement, first_sub: int):
+        """``(outcome, counter plan)`` of one transaction (see the module docstring); the plan is None
+        when nothing was written.  Runs in a pool thread."""
+        item = replacement.item
+        client = self._client()
+        reference = client.collection(self.collection).document(item.article_id)
+
+        @firestore.transactional
+        def replace(transaction):
+            snapshot = reference.get(transaction=transaction, retry=None, timeout=self.rpc_timeout)
+            stored = (snapshot.to_dict() or {}) if snapshot.exists else None
+            if stored is not None and stored.get(TOKEN_FIELD) == item.token:
+                return replacement.outcome, replacement.counters  # an attempt whose answer was lost landed
+            if stored is not None and model_of(stored) == model_of(item.fields):
+                return "unchanged", None
+            counters = _ShardPlan(self.max_field_transforms)
+            if self.entity_counters_enabled:
+                old_tally = entity_tally(stored.get("entities")) if stored is not None else {}
+                changes = counter_changes(stored.get("source") if stored is not None else item.source, old_tally,
+                                          item.source, entity_tally(item.fields.get("entities")))
+                for source, tally in changes.items():
+                    counters.add_counts(source, self._shards_of(tally), _shard_write_size(self._path_bytes, source))
+            size = item.article_size + counters.bytes
+            if size > self.max_batch_bytes:
+                raise PermanentStoreError(f"replacing article {item.article_id!r} needs about {size} request "
+                                          f"bytes, more than max_batch_bytes={self.max_batch_bytes}",
+                                          item.article_id)
+            ingested_at = (stored or {}).get("ingested_at") or firestore.SERVER_TIMESTAMP
+            transaction.set(reference, dict(item.fields, ingested_at=ingested_at, **{TOKEN_FIELD: item.token}))
+            self._add_counter_writes(client, transaction, counters, first_sub)
+            replacement.outcome = "created" if stored is None else "replaced"
+            replacement.counters = counters
+            return replacement.outcome, counters
+
+        try:
+            return replace(client.transaction())
+        except StoreError:
+            raise
+        except Exception as error:
+            if replacement.outcome is not None and self._written_by(reference, item.token):
+                return replacement.outcome, replacement.counters
+            cause = _behind(error)
+            if cause is error:
+                raise
+            raise cause from None
+
+    def _written_by(self, reference, token: str) -> bool:
+        """Does the document carry *token*: did a transaction whose answer was lost land?  False when
+        this read fails too: the caller then reports the transaction's own error."""
+        try:
+            snapshot = reference.get(field_paths=[TOKEN_FIELD], retry=None, timeout=self.rpc_timeout)
+        except Exception:
+            return False
+        return snapshot.exists and (snapshot.to_dict() or {}).get(TOKEN_FIELD) == token
+
+    def _replaced(self, outcome: str) -> str:
+        self._stats[outcome] += 1
+        return outcome
+
+    def _replace_failed(self, failure, article_id: str):
+        self._stats["errors"] += 1
+        log.error("article {article_id} not replaced: {message}", article_id=article_id,
+                  message=failure.getErrorMessage())
+        return failure
+
+    def _replace_ended(self, result):
+        self._replacing -= 1
+        if self._queue:  # puts of its id may have waited for it
+            if self.running:
+                self._schedule()
+            else:
+                self._drain()
+        self._check_flushed()
+        return result
 
     # -- stopping --------------------------------------------------------------
 
@@ -866,6 +1086,10 @@ class FirestoreStore(ThreadedStore):
                     label = text_of_field(label_name)
                     counter["labels"][label] = counter["labels"].get(label, 0) + n
                     counter["count"] += n
+        for text, counter in list(counters.items()):  # a replace may leave +n and -n in two sub-shards
+            counter["labels"] = {label: n for label, n in counter["labels"].items() if n}
+            if not counter["labels"]:
+                del counters[text]
         return counters
 
     def _read(self, function, *args):
@@ -899,7 +1123,7 @@ class FirestoreStore(ThreadedStore):
             "emulator": os.environ.get("FIRESTORE_EMULATOR_HOST"),
             "access_problem": self._access_problem,
             "queued": len(self._queue),
-            "in_flight": self._in_flight_items,
+            "in_flight": self._in_flight_items + self._replacing,
             "commits_in_flight": self._commits_running,
             **self._stats,
             "largest_commit": dict(self._largest),
@@ -909,6 +1133,15 @@ class FirestoreStore(ThreadedStore):
                          "subshards": self.counter_subshards, "max_field_transforms": self.max_field_transforms},
             "threads": self.thread_state(),
         }
+
+
+def _behind(error: BaseException) -> BaseException:
+    """The error behind one the transaction machinery raised: the client reports a contended transaction
+    whose attempts ran out as a ValueError caused by the ABORTED, and a transaction that failed to begin
+    as the ValueError of its rollback, raised while handling the begin's error."""
+    while isinstance(error, ValueError) and (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def _describe(error: BaseException) -> str:

@@ -8,7 +8,11 @@ readers (another process, the sqlite3 shell) look while the daemon writes.
 Each ``put`` is one transaction: ``INSERT OR IGNORE`` of the document, and,
 only when that inserted a row, the entity counters (one row per source, entity
 text and label in ``{table}_entity_counters``), so a repeated id is never stored
-or counted twice.  The limits are Firestore's, applied by the shared
+or counted twice.  Each ``replace`` is one ``BEGIN IMMEDIATE`` transaction too:
+it reads the stored row, decides (created, unchanged, replaced) and writes the
+row and the counters' changes; the write lock taken first makes a concurrent
+replace in another process wait and then find the new model.  Counter rows that
+fall to 0 are deleted.  The limits are Firestore's, applied by the shared
 :class:`~pipedingest.store.base.ThreadedStore`: what SQLite accepts, Firestore
 accepts too.
 """
@@ -32,8 +36,11 @@ from pipedingest.store.base import (
     StoreUnavailable,
     ThreadedStore,
     check_limit,
+    counter_changes,
+    entity_tally,
     iso_utc,
     jsonable,
+    model_of,
 )
 
 log = Logger()
@@ -63,7 +70,7 @@ class SQLiteStore(ThreadedStore):
         self.entity_counters_enabled = entity_counters
         self._connection: sqlite3.Connection | None = None
         self._opened = None
-        self._stats.update({"commits": 0, "created": 0, "existing": 0})
+        self._stats.update({"commits": 0, "created": 0, "existing": 0, "replaced": 0, "unchanged": 0})
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -150,40 +157,80 @@ class SQLiteStore(ThreadedStore):
 
     def prepare(self, article_id, fields, tally):
         document = json.dumps(jsonable(fields), ensure_ascii=False, separators=(",", ":"))
-        return article_id, fields["source"], document, tally
+        return article_id, fields["source"], document, tally, model_of(fields)
 
     def write(self, prepared):
-        article_id, source, document, tally = prepared
-        ingested_at = iso_utc(datetime.fromtimestamp(self._clock.seconds(), timezone.utc))
-        written = self.in_thread(self._insert, article_id, source, ingested_at, document, tally)
-        written.addBoth(self.commit_took, self._clock.seconds())
-        written.addCallbacks(self._count_write, self._count_error)
+        article_id, source, document, tally, _ = prepared
+        written = self._in_transaction(self._insert, article_id, source, self._now(), document, tally)
+        written.addCallback(lambda created: self._count_write("created" if created else "existing", created))
         return written
 
-    def _insert(self, article_id, source, ingested_at, document, tally) -> bool:
+    def rewrite(self, prepared):
+        replaced = self._in_transaction(self._replace, *prepared, self._now())
+        replaced.addCallback(lambda outcome: self._count_write(outcome, outcome))
+        return replaced
+
+    def _now(self) -> str:
+        return iso_utc(datetime.fromtimestamp(self._clock.seconds(), timezone.utc))
+
+    def _in_transaction(self, function, *args):
+        """Run *function* (db, *args) in one ``BEGIN IMMEDIATE`` transaction on the store's thread, timed."""
+        done = self.in_thread(self._transaction, function, *args)
+        done.addBoth(self.commit_took, self._clock.seconds())
+        done.addErrback(self._count_error)
+        return done
+
+    def _transaction(self, function, *args):
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
-            created = db.execute(
-                f"INSERT OR IGNORE INTO {self.table} (id, source, ingested_at, document) "
-                "VALUES (?, ?, ?, ?)", (article_id, source, ingested_at, document)).rowcount == 1
-            if created and tally:
-                db.executemany(
-                    f"INSERT INTO {self.table}_entity_counters (source, entity, label, count) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (source, entity, label) "
-                    "DO UPDATE SET count = count + excluded.count",
-                    [(source, text, label, n)
-                     for text, labels in tally.items() for label, n in labels.items()])
+            result = function(db, *args)
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        return result
+
+    def _insert(self, db, article_id, source, ingested_at, document, tally) -> bool:
+        created = db.execute(
+            f"INSERT OR IGNORE INTO {self.table} (id, source, ingested_at, document) "
+            "VALUES (?, ?, ?, ?)", (article_id, source, ingested_at, document)).rowcount == 1
+        if created and tally:
+            self._add_counts(db, {source: tally})
         return created
 
-    def _count_write(self, created):
+    def _replace(self, db, article_id, source, document, tally, model, ingested_at) -> str:
+        row = db.execute(f"SELECT source, document FROM {self.table} WHERE id = ?", (article_id,)).fetchone()
+        if row is None:
+            self._insert(db, article_id, source, ingested_at, document, tally)
+            return "created"
+        old_source, old_document = row[0], json.loads(row[1])
+        if model_of(old_document) == model:
+            return "unchanged"
+        db.execute(f"UPDATE {self.table} SET source = ?, document = ? WHERE id = ?", (source, document, article_id))
+        if self.entity_counters_enabled:
+            self._add_counts(db, counter_changes(old_source, entity_tally(old_document.get("entities")),
+                                                 source, tally))
+        return "replaced"
+
+    def _add_counts(self, db, changes: dict) -> None:
+        """Add ``{source: {text: {label: n}}}`` to the counters (n may be negative); drop rows left at 0."""
+        rows = [(source, text, label, n) for source, tally in changes.items()
+                for text, labels in tally.items() for label, n in labels.items()]
+        db.executemany(
+            f"INSERT INTO {self.table}_entity_counters (source, entity, label, count) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (source, entity, label) "
+            "DO UPDATE SET count = count + excluded.count", rows)
+        if any(n < 0 for *_, n in rows):
+            db.executemany(
+                f"DELETE FROM {self.table}_entity_counters "
+                "WHERE source = ? AND entity = ? AND label = ? AND count = 0",
+                [row[:3] for row in rows if row[3] < 0])
+
+    def _count_write(self, outcome: str, result):
         self._stats["commits"] += 1
-        self._stats["created" if created else "existing"] += 1
-        return created
+        self._stats[outcome] += 1
+        return result
 
     def _count_error(self, failure):
         self._stats["errors"] += 1
