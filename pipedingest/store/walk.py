@@ -7,9 +7,9 @@ connection belongs to the thread that opened it, so give the walk a pool of one)
 
 * SQLite is opened read-only (``mode=ro``, ``query_only``); WAL lets it read while
   the daemon writes. Every condition of a :class:`Selection` is in the query.
-* Firestore is read with Google's client, as ``store/firestore.py`` reads it:
-  anonymous credentials when ``FIRESTORE_EMULATOR_HOST`` is set, Application Default
-  Credentials otherwise. ``source`` and ``model`` are equality filters (served by the
+* Firestore is read with Google's client, created as the store creates it
+  (``store/firestore/client.py``): anonymous credentials when
+  ``FIRESTORE_EMULATOR_HOST`` is set, Application Default Credentials otherwise. ``source`` and ``model`` are equality filters (served by the
   automatic single-field indexes, no composite index needed); the ``ingested_at``
   span is checked as documents are read, since a range there would make Firestore
   order by it rather than by id.
@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Optional
 from urllib.parse import quote
 
-from pipedingest.store.base import iso_utc, jsonable
+from pipedingest.store.base import iso_utc
 
 #: Documents per page: a page of Firestore documents may be some MiB (each up to 1 MiB, most a few KiB).
 PAGE_SIZE = 100
@@ -153,29 +153,19 @@ class FirestoreWalk:
 
     def __init__(self, project: Optional[str] = None, database: str = "(default)", collection: str = "articles",
                  rpc_timeout: float = 30.0):
-        from google.cloud import firestore  # here: walking SQLite never loads Google's client
+        # Here, not at the top: walking SQLite never loads Google's client.
+        from pipedingest.store.base import StoreError
+        from pipedingest.store.firestore.client import create_client
 
         self.database = database
         self.collection = collection
         self.timeout = rpc_timeout
         self.project = project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
         try:
-            if os.environ.get("FIRESTORE_EMULATOR_HOST"):
-                from google.auth.credentials import AnonymousCredentials
-
-                credentials = AnonymousCredentials()
-            else:
-                import google.auth
-
-                credentials, found = google.auth.default(scopes=firestore.Client.SCOPE)
-                project = project or found
-                if not project:
-                    raise WalkError("no Google Cloud project for Firestore: 'project' is not set, "
-                                    "GOOGLE_CLOUD_PROJECT is not set, and the credentials name none")
-            self.client = firestore.Client(project=project, credentials=credentials, database=database)
+            self.client = create_client(project, database)
             self.project = self.client.project
-        except WalkError:
-            raise
+        except StoreError as error:  # no project
+            raise WalkError(str(error)) from None
         except Exception as error:
             raise self._error(error) from None
 
@@ -214,28 +204,21 @@ class FirestoreWalk:
             snapshots = list(query.limit(size).stream(retry=None, timeout=self.timeout))
         except Exception as error:
             raise self._error(error) from None
-        documents = [document for document in map(_document, snapshots)
+        from pipedingest.store.firestore.documents import stored
+
+        documents = [document for document in map(stored, snapshots)
                      if selection.in_span(document.get("ingested_at"))]
         return Page(documents, snapshots[-1].id if len(snapshots) == size else None)
 
     def _error(self, error: BaseException) -> WalkError:
-        from pipedingest.store.firestore import access_problem
+        from pipedingest.store.firestore.client import access_problem, describe
 
         problem = access_problem(error, self.project, self.database)
-        text = str(error).splitlines()[0][:300] if str(error) else ""
         return WalkError(problem or f"cannot read Firestore ({self.collection} in database {self.database} of "
-                                    f"project {self.project}): {type(error).__name__}: {text}")
+                                    f"project {self.project}): {describe(error)}")
 
     def close(self) -> None:
         self.client.close()
-
-
-def _document(snapshot) -> dict:
-    from pipedingest.store.firestore import TOKEN_FIELD
-
-    data = snapshot.to_dict() or {}
-    data.pop(TOKEN_FIELD, None)
-    return jsonable({"id": snapshot.id, **data})
 
 
 def _ingested_at(snapshot) -> Optional[str]:
