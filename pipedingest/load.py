@@ -322,6 +322,12 @@ class Loader:
     the load drop.  With *batch*, each request carries up to that many articles to
     *batch_url*: each article counts with its own status, those answered 503/429 are
     sent again together, and a batch refused as too large (413) is sent again in halves.
+
+    What a subclass may use and override (``ingest-reextract``'s does): :meth:`post` sends one
+    article until it has its outcome; every outcome goes to :meth:`stored` or :meth:`failed`,
+    with the article; :meth:`wait` is the pause before a retry, and :meth:`stop_retrying`
+    cancels those under way and refuses further ones; :attr:`semaphore` bounds the requests
+    in flight, :attr:`summary` counts, :meth:`close` lets go of the connections.
     """
 
     def __init__(self, reactor, url: str, concurrency: int, timeout: float, results=None, failed=None,
@@ -341,10 +347,12 @@ class Loader:
         self.headers = {b"content-type": [b"application/json"]}
         if token:
             self.headers[b"authorization"] = [b"Bearer " + token.encode("utf-8")]
-        self.results = results
-        self.failed = failed
+        self.results_file = results
+        self.failed_file = failed
         self.progress = progress
         self.summary = Summary()
+        self._waits: set = set()
+        self._retrying = True
 
     async def run(self, articles: list[dict]) -> Summary:
         started = time.perf_counter()
@@ -352,19 +360,27 @@ class Loader:
             groups = [articles[i:i + self.batch] for i in range(0, len(articles), self.batch)]
             work = [self.semaphore.run(lambda g=g: ensureDeferred(self._post_batch(g))) for g in groups]
         else:
-            work = [self.semaphore.run(lambda a=a: ensureDeferred(self._post_one(a))) for a in articles]
+            work = [self.semaphore.run(lambda a=a: ensureDeferred(self.post(a))) for a in articles]
         await gatherResults(work, consumeErrors=True)
         self.summary.seconds = time.perf_counter() - started
-        await self.pool.closeCachedConnections()
+        await self.close()
         return self.summary
 
-    async def _post_one(self, article: dict) -> None:
+    def close(self):
+        """Close the persistent connections (a Deferred that fires once they are closed)."""
+        return self.pool.closeCachedConnections()
+
+    async def post(self, article: dict) -> None:
+        """Send *article* until it has an outcome, given to :meth:`stored` or :meth:`failed`.
+
+        Raises :class:`CancelledError` when a wait before a retry is cancelled (:meth:`stop_retrying`).
+        """
         attempt = 0
         while True:
             answer = await self._request(self.url, article)
             if answer.status in RETRY_STATUSES and attempt < self.retries:
                 self.summary.retries += 1
-                await self._wait(retry_after(answer.retry_after, self.reactor.seconds()), attempt)
+                await self.wait(retry_after(answer.retry_after, self.reactor.seconds()), attempt)
                 attempt += 1
                 continue
             self.summary.latencies.append(answer.latency)
@@ -372,16 +388,16 @@ class Loader:
             if result is None:
                 reason = answer.reason or ("the answer is not JSON" if 200 <= answer.status < 300
                                            else answer.error_text())
-                self._failed(article, answer.status, reason)
+                self.failed(article, answer.status, reason)
             else:
-                self._stored(answer.status, result)
+                self.stored(article, answer.status, result)
             return
 
     async def _post_batch(self, articles: list[dict], attempt: int = 0) -> None:
         answer = await self._request(self.batch_url, articles)
         if answer.status in RETRY_STATUSES and attempt < self.retries:
             self.summary.retries += len(articles)
-            await self._wait(retry_after(answer.retry_after, self.reactor.seconds()), attempt)
+            await self.wait(retry_after(answer.retry_after, self.reactor.seconds()), attempt)
             return await self._post_batch(articles, attempt + 1)
         if answer.status == 413 and len(articles) > 1:
             half = len(articles) // 2
@@ -391,7 +407,7 @@ class Loader:
         results = self._batch_results(answer, len(articles))
         if isinstance(results, str):
             for article in articles:
-                self._failed(article, answer.status, results)
+                self.failed(article, answer.status, results)
             return
         again, hints = [], []
         for article, result in zip(articles, results):
@@ -401,13 +417,13 @@ class Loader:
                 again.append(article)
                 hints.append(error.get("retry_after_seconds"))
             elif 200 <= status < 300:
-                self._stored(status, result)
+                self.stored(article, status, result)
             else:
-                self._failed(article, status, f"HTTP {status}: {error.get('message') or 'no message'}")
+                self.failed(article, status, f"HTTP {status}: {error.get('message') or 'no message'}")
         if again:
             self.summary.retries += len(again)
             given = [float(hint) for hint in hints if isinstance(hint, (int, float))]
-            await self._wait(max(given) if given else None, attempt)
+            await self.wait(max(given) if given else None, attempt)
             await self._post_batch(again, attempt + 1)
 
     @staticmethod
@@ -442,9 +458,26 @@ class Loader:
         answer.latency = time.perf_counter() - started
         return answer
 
-    async def _wait(self, hint: Optional[float], attempt: int) -> None:
+    async def wait(self, hint: Optional[float], attempt: int) -> None:
+        """Wait before sending again: *hint* seconds (the server's), else a doubling wait for *attempt*.
+
+        Raises :class:`CancelledError` at once after :meth:`stop_retrying`, or when it cancels the wait.
+        """
+        if not self._retrying:
+            raise CancelledError()
         seconds = hint if hint is not None else FIRST_BACKOFF * 2 ** attempt
-        await deferLater(self.reactor, min(seconds, MAX_RETRY_WAIT), lambda: None)
+        waiting = deferLater(self.reactor, min(seconds, MAX_RETRY_WAIT), lambda: None)
+        self._waits.add(waiting)
+        try:
+            await waiting
+        finally:
+            self._waits.discard(waiting)
+
+    def stop_retrying(self) -> None:
+        """Send nothing again: cancel the waits before a retry, and refuse further ones."""
+        self._retrying = False
+        for waiting in list(self._waits):
+            waiting.cancel()
 
     def _count(self, status: int) -> None:
         summary = self.summary
@@ -453,21 +486,23 @@ class Loader:
         if self.progress:
             self.progress.update(1)
 
-    def _stored(self, status: int, result) -> None:
+    def stored(self, article: dict, status: int, result) -> None:
+        """*article* was answered *status* (2xx) with *result*: count it and write the result."""
         self._count(status)
         self.summary.ok += 1
         if isinstance(result, dict):
             words = result.get("words", 0)
             self.summary.words += words if isinstance(words, int) else 0
             result = {"status": status, **result}
-        if self.results:
-            self.results.write(json.dumps(result, ensure_ascii=False) + "\n")
+        if self.results_file:
+            self.results_file.write(json.dumps(result, ensure_ascii=False) + "\n")
 
-    def _failed(self, article: dict, status: int, reason: str) -> None:
+    def failed(self, article: dict, status: int, reason: str) -> None:
+        """*article* failed (*status* 0: no answer) for *reason*: count it and write it to the failed file."""
         self._count(status)
         self.summary.errors += 1
-        if self.failed:
-            self.failed.write(json.dumps({"status": status or None, "reason": reason, "article": article},
+        if self.failed_file:
+            self.failed_file.write(json.dumps({"status": status or None, "reason": reason, "article": article},
                                          ensure_ascii=False) + "\n")
 
 

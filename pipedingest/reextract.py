@@ -190,7 +190,8 @@ class Reextractor(Loader):
 
     ``ingest-load``'s :class:`~pipedingest.load.Loader` sends, retries and counts; this adds the walk
     (a page at a time, never more than *concurrency* articles in flight), the comparison with what was
-    stored, the state file and stopping on a signal.
+    stored, the state file and stopping on a signal.  It overrides only the Loader's public hooks,
+    :meth:`stored` and :meth:`failed`.
     """
 
     def __init__(self, reactor, url: str, concurrency: int, timeout: float, state: StateFile, results=None,
@@ -208,7 +209,6 @@ class Reextractor(Loader):
         self.abandoning = False
         self._walking: dict[str, dict] = {}
         self._in_flight: set = set()
-        self._waits: set = set()
         self._acquiring = None
 
     # -- the walk ----------------------------------------------------------------
@@ -224,7 +224,7 @@ class Reextractor(Loader):
         finally:
             await self._drain()
             self.summary.seconds = time.perf_counter() - started
-            await self.pool.closeCachedConnections()
+            await self.close()
         return complete and self.stopping is None
 
     async def _walk(self, read_page, limit: Optional[int]) -> bool:
@@ -285,22 +285,11 @@ class Reextractor(Loader):
         article = article_of(document)
         self._walking[article["id"]] = document
         try:
-            await self._post_one(article)
+            await self.post(article)
         except CancelledError:  # stopped while waiting to send it again
             self.abandoned += 1
         finally:
             self._walking.pop(article["id"], None)
-
-    async def _wait(self, hint, attempt) -> None:
-        """Wait as :class:`Loader` does before sending again; never once the walk is stopping."""
-        if self.stopping is not None:
-            raise CancelledError()
-        waiting = ensureDeferred(super()._wait(hint, attempt))
-        self._waits.add(waiting)
-        try:
-            await waiting
-        finally:
-            self._waits.discard(waiting)
 
     def stop(self, signum: int) -> None:
         """The first signal: no new request, those in flight go on. The second: abandon them too."""
@@ -310,8 +299,7 @@ class Reextractor(Loader):
                      f"{len(self._in_flight)} requests in flight (again to abandon them)")
             if self._acquiring is not None:
                 self._acquiring.cancel()
-            for waiting in list(self._waits):
-                waiting.cancel()
+            self.stop_retrying()
             return
         if not self.abandoning:
             self.abandoning = True
@@ -319,16 +307,15 @@ class Reextractor(Loader):
             for work in list(self._in_flight):
                 work.cancel()
 
-    # -- outcomes (called by Loader) ---------------------------------------------
+    # -- outcomes (Loader's hooks) -----------------------------------------------
 
-    def _stored(self, status: int, result) -> None:
-        document = self._walking.get(result.get("id")) if isinstance(result, dict) else None
-        if document is None:
-            return self._failed({"id": result.get("id") if isinstance(result, dict) else None}, status,
-                                f"HTTP {status}: the answer names no article that was sent")
+    def stored(self, article: dict, status: int, result) -> None:
+        document = self._walking[article["id"]]
+        if not isinstance(result, dict) or result.get("id") != article["id"]:
+            return self.failed(article, status, f"HTTP {status}: the answer names no article that was sent")
         if not isinstance(result.get("entities"), list):
-            return self._failed(article_of(document), status, f"HTTP {status}: the answer has no entities")
-        super()._stored(status, result)
+            return self.failed(article, status, f"HTTP {status}: the answer has no entities")
+        super().stored(article, status, result)
         outcome = UNCHANGED if same_entities(result["entities"], document.get("entities")) else CHANGED
         answered = model_label(result.get("model"))
         if answered is not None and answered == model_label(document.get("model")):
@@ -338,11 +325,11 @@ class Reextractor(Loader):
         self.state.record(document["id"], outcome, answered)
         self._show()
 
-    def _failed(self, article: dict, status: int, reason: str) -> None:
+    def failed(self, article: dict, status: int, reason: str) -> None:
         if self.abandoning:  # cut short by the second signal: not a failure, and not done
             self.abandoned += 1
             return
-        super()._failed(article, status, reason)
+        super().failed(article, status, reason)
         self._show()
 
     def _show(self) -> None:
