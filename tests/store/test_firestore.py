@@ -172,9 +172,9 @@ async def test_a_commit_that_landed_unanswered_is_still_reported_created(firesto
     store = firestore_stores(entity_counters=True)
     article = make_article(1)
     item = store.prepare("article-1", {k: v for k, v in article.items() if k != "id"}, {"London": {"GPE": 1}})
-    await store.in_thread(store._commit_in_thread, [item])
+    await store.in_thread(store.commits.commit_in_thread, [item])
     item.created = None  # as if the answer had been lost
-    outcome = await store.in_thread(store._commit_in_thread, [item])
+    outcome = await store.in_thread(store.commits.commit_in_thread, [item])
     assert item.created is True and outcome.conflicts == 1 and outcome.commits == 0
     assert (await store.entity_counters("wire"))["London"]["count"] == 1
 
@@ -458,7 +458,7 @@ def test_the_byte_estimate_bounds_the_encoded_writes(firestore, make_article):
         fields = {k: v for k, v in article.items() if k != "id"}
         item = store.prepare(article["id"], fields, entity_tally(article["entities"]))
         batch = client.batch()
-        store._add_writes(client, batch, [item], 0)
+        store.commits.writer.add_writes(client, batch, [item], 0)
         encoded = sum(Write.pb(write).ByteSize() + 6 for write in batch._write_pbs)
         assert encoded <= item.size <= 3 * encoded + 2000
     client.close()

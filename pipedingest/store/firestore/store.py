@@ -277,14 +277,6 @@ class FirestoreStore(ThreadedStore):
                 self.commits.drain()
         self._check_flushed()
 
-    def _commit_in_thread(self, batch, first_sub: int = 0):
-        """One commit attempt of *batch* (see ``commits.BatchWriter.commit``); runs in a pool thread."""
-        return self.commits.commit_in_thread(batch, first_sub)
-
-    def _add_writes(self, client, writes, items, first_sub: int):
-        """The articles' creates and their counts, into *writes* (see ``commits.BatchWriter.add_writes``)."""
-        return self.commits.writer.add_writes(client, writes, items, first_sub)
-
     # -- stopping --------------------------------------------------------------
 
     def flush(self):
