@@ -207,7 +207,7 @@ class NERPool(service.Service):
         if self._phase != STARTING_UP:  # stopService came first
             return
         self._phase = RUNNING
-        log.info("NER pool {pool} up: children {pids} with {model}", pool=self.label,
+        log.info("NER pool up: {pool}, children {pids} with {model}", pool=self.label,
                  pids=[child.pid for child in self.children],
                  model=self.model)
         self._dispatch()
