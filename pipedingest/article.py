@@ -16,8 +16,12 @@ then adds ``language_confidence`` (0 to 1).
 
 Its stored document adds what extraction found and when it was stored::
 
-    {"id", "title", "source", "url", "published", "body", "language", "language_confidence",
+    {"id", "title", "source", "url", "published", "published_at", "body", "language", "language_confidence",
      "entities", "entity_counts", "words", "model", "fields", "ingested_at"}
+
+``published_at`` is ``published`` read as a moment (:mod:`pipedingest.dates`: ISO 8601, RFC 2822, the news
+corpus' ``2017/2/7``), fixed-width ISO 8601 UTC text that sorts; a ``published`` in none of those forms is
+kept as text, without ``published_at``, and the answer carries a ``warnings`` list saying so.
 
 ``fields`` is there only when extraction read more than the body (``extract-entities`` ``fields:``): each
 entity then names its ``field``, and its ``start``/``end`` index into that field's text.
@@ -30,13 +34,17 @@ import re
 from collections import Counter
 from typing import Any, Optional
 
+from pipedingest.dates import published_at
+from pipedingest.dates import warning as published_warning
+
 #: The fields a client may send, all text; only ``body`` is required.
 INPUT_FIELDS = ("id", "title", "body", "source", "url", "published", "language")
 #: What extraction adds: the entities, their count per label, the word count, the model, and (only when
 #: more than the body was read) the fields read; ``language`` is the article's, when known.
 RESULT_FIELDS = ("entities", "entity_counts", "words", "model", "fields", "language")
-#: What ``detect-language`` adds to an article that stated no language.
-DETECTED_FIELDS = ("language_confidence",)
+#: What the service adds to an article: ``published_at`` (its ``published`` read as a moment,
+#: :mod:`pipedingest.dates`) and ``language_confidence`` (``detect-language``, when it stated no language).
+DETECTED_FIELDS = ("published_at", "language_confidence")
 #: The fields of a stored document besides ``id`` (and ``ingested_at``, which the store sets).
 STORED_FIELDS = ("title", "source", "url", "published", "body") + DETECTED_FIELDS + RESULT_FIELDS
 #: The text fields extraction may read (``extract-entities`` ``fields:``); the body alone by default.
@@ -142,6 +150,9 @@ def check_article(value: Any, max_chars: Optional[int] = None) -> dict:
     article = {key: value[key] for key in INPUT_FIELDS if key in value}
     if "language" in article:
         article["language"] = language_code(article["language"])
+    moment = published_at(article["published"]) if "published" in article else None
+    if moment is not None:
+        article["published_at"] = moment
     if not article.get("id"):
         article["id"] = content_id(article)
     problem = id_problem(article["id"])
@@ -175,6 +186,15 @@ def extraction_result(article: dict, entities: list, model: dict, fields=DEFAULT
         result["fields"] = list(fields)
     if article.get("language"):
         result["language"] = article["language"]
+    return with_warnings(result, article)
+
+
+def with_warnings(result: dict, article: dict) -> dict:
+    """*result*, with ``warnings`` when something the client sent was kept but could not be used: a
+    ``published`` that is not a date (the article then sorts by when it was ingested)."""
+    published = article.get("published")
+    if published and published_at(published) is None:
+        result["warnings"] = [published_warning(published)]
     return result
 
 
@@ -190,7 +210,8 @@ def stored_document(article: dict, result: dict, default_source: str = DEFAULT_S
 
 def stored_result(document: dict) -> dict:
     """What the API answers for an article already stored, from its stored *document*."""
-    return {"id": document["id"], **{key: document[key] for key in RESULT_FIELDS if key in document}}
+    result = {"id": document["id"], **{key: document[key] for key in RESULT_FIELDS if key in document}}
+    return with_warnings(result, document)
 
 
 def check_document(document: Any) -> dict:
