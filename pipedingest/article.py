@@ -45,8 +45,11 @@ RESULT_FIELDS = ("entities", "entity_counts", "words", "model", "fields", "langu
 #: What the service adds to an article: ``published_at`` (its ``published`` read as a moment,
 #: :mod:`pipedingest.dates`) and ``language_confidence`` (``detect-language``, when it stated no language).
 DETECTED_FIELDS = ("published_at", "language_confidence")
+#: What a store keeps to find articles by entity: every entity's key, alone and with its label
+#: (:func:`entity_keys`), for Firestore's ``array-contains`` and SQLite's index table.
+INDEX_FIELDS = ("entity_keys",)
 #: The fields of a stored document besides ``id`` (and ``ingested_at``, which the store sets).
-STORED_FIELDS = ("title", "source", "url", "published", "body") + DETECTED_FIELDS + RESULT_FIELDS
+STORED_FIELDS = ("title", "source", "url", "published", "body") + DETECTED_FIELDS + RESULT_FIELDS + INDEX_FIELDS
 #: The text fields extraction may read (``extract-entities`` ``fields:``); the body alone by default.
 TEXT_FIELDS = ("title", "body")
 DEFAULT_TEXT_FIELDS = ("body",)
@@ -169,6 +172,25 @@ def language_code(tag: str) -> str:
     return match.group(1).lower()
 
 
+def entity_key(text: str, label: Optional[str] = None) -> str:
+    """The key an entity is found by: its text case-folded, its runs of whitespace made one space, trimmed;
+    then ``|`` and its label when one is given (``"Tim  Cook"`` → ``tim cook``, ``tim cook|PERSON``).
+    Labels are kept as the model writes them (upper case)."""
+    key = " ".join(text.casefold().split())
+    return f"{key}|{label}" if label else key
+
+
+def entity_keys(entities) -> list[str]:
+    """The keys a stored article is found by: each entity's :func:`entity_key`, alone and with its label."""
+    keys = set()
+    for entity in entities or ():
+        if isinstance(entity, dict) and isinstance(entity.get("text"), str) and entity["text"].strip():
+            keys.add(entity_key(entity["text"]))
+            if isinstance(entity.get("label"), str) and entity["label"]:
+                keys.add(entity_key(entity["text"], entity["label"]))
+    return sorted(keys)
+
+
 def entity_counts(entities: list) -> dict:
     """How many entities of each label, labels in alphabetical order."""
     return dict(sorted(Counter(entity["label"] for entity in entities).items()))
@@ -203,6 +225,7 @@ def stored_document(article: dict, result: dict, default_source: str = DEFAULT_S
     document = {"id": article["id"]}
     document.update({key: article[key] for key in STORED_FIELDS if key in article})
     document.update({key: result[key] for key in RESULT_FIELDS if key in result})
+    document["entity_keys"] = entity_keys(document.get("entities"))
     if not document.get("source"):
         document["source"] = default_source
     return document

@@ -359,7 +359,8 @@ async def test_the_index_overrides_name_the_large_fields_the_stored_documents_re
                    "entities": entities, "entity_counts": {"PERSON": 300}, "words": 10_000,
                    "model": {"name": "en_core_web_sm", "version": "3.8.0"}, "language": "en",
                    "language_confidence": 0.998, "fields": ["title", "body"],
-                   "published_at": "2026-01-01T00:00:00.000000Z"}
+                   "published_at": "2026-01-01T00:00:00.000000Z",
+                   "entity_keys": sorted({f"person {n}" for n in range(300)} | {f"person {n}|PERSON" for n in range(300)})}
         assert set(article) - {"id"} == set(STORED_FIELDS)
         assert await store.put(article) is True
     finally:

@@ -23,6 +23,7 @@ from pipedingest.store.base import (
     DocumentTooLarge,
     InvalidArticle,
     PermanentStoreError,
+    QueryUnsupported,
     StoreUnavailable,
     TooManyEntities,
 )
@@ -40,6 +41,8 @@ def store_reference(step, name: str):
 
 def store_failed(failure):
     """The HTTP answer for a store failure."""
+    if failure.check(QueryUnsupported):
+        raise WebError(501, failure.value.message)
     if failure.check(DocumentTooLarge):
         raise WebError(413, failure.value.message, limit_bytes=failure.value.limit)
     if failure.check(TooManyEntities):

@@ -102,6 +102,10 @@ class TooManyEntities(PermanentStoreError):
         self.limit = limit
 
 
+class QueryUnsupported(PermanentStoreError):
+    """This store cannot answer that query (yet): HTTP 501."""
+
+
 class StoreUnavailable(StoreError):
     """The store is not running, or kept failing transiently past the retry deadline; try later (503)."""
 
@@ -123,6 +127,12 @@ class IArticleStore(IService):
 
     def recent(source=None, limit=20):
         """Deferred[list[dict]]: the latest stored documents (by ``ingested_at``), newest first."""
+
+    def query(key="", source=None, since=None, until=None, limit=20, after=None):
+        """Deferred[(documents, last)]: the articles found by entity *key* (``pipedingest.article.entity_key``;
+        "" for every article), of *source*, sorting at or after *since* and before *until* (fixed-width UTC
+        text), newest first by ``published_at`` else ``ingested_at``, then by id; at most *limit*, after the
+        ``(sort_at, id)`` *after*. *last* is the ``(sort_at, id)`` to go on from, None on the last page."""
 
     def entity_counters(source):
         """Deferred[dict]: ``{entity text: {"count": n, "labels": {label: n}}}`` for *source*."""
@@ -354,6 +364,10 @@ class ThreadedStore(Service):
         if not self.running:
             return fail(StoreUnavailable(f"the {self.kind} store is not running", article_id))
         return write(prepared)
+
+    def query(self, key="", source=None, since=None, until=None, limit=20, after=None) -> Deferred:
+        """See :meth:`IArticleStore.query`; a store that cannot answer it fails with :class:`QueryUnsupported`."""
+        return fail(QueryUnsupported(f"the {self.kind} store cannot find articles by entity yet"))
 
     def prepare(self, article_id: str, fields: dict, tally: dict[str, dict[str, int]]):
         """What :meth:`write` needs for one checked document and its :func:`entity_tally`

@@ -29,6 +29,7 @@ from twisted.internet.defer import fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pipedingest.article import entity_keys
 from pipedingest.store.base import (
     MAX_DOCUMENT_BYTES,
     IArticleStore,
@@ -124,6 +125,15 @@ class SQLiteStore(ThreadedStore):
                 document TEXT NOT NULL)""",
             f"CREATE INDEX IF NOT EXISTS {self.table}_by_time ON {self.table} (ingested_at)",
             f"CREATE INDEX IF NOT EXISTS {self.table}_by_source_time ON {self.table} (source, ingested_at)",
+            f"""CREATE TABLE IF NOT EXISTS {self.table}_keys (
+                key TEXT NOT NULL,
+                id TEXT NOT NULL,
+                source TEXT NOT NULL,
+                sort_at TEXT NOT NULL,
+                PRIMARY KEY (key, id))""",
+            f"CREATE INDEX IF NOT EXISTS {self.table}_keys_by_time ON {self.table}_keys (key, sort_at, id)",
+            f"""CREATE INDEX IF NOT EXISTS {self.table}_keys_by_source_time
+                ON {self.table}_keys (key, source, sort_at, id)""",
             f"""CREATE TABLE IF NOT EXISTS {self.table}_entity_counters (
                 source TEXT NOT NULL,
                 entity TEXT NOT NULL,
@@ -135,10 +145,28 @@ class SQLiteStore(ThreadedStore):
         try:
             for statement in statements:
                 connection.execute(statement)
+            self._index_unindexed(connection)
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
+
+    def _index_unindexed(self, db) -> None:
+        """Index the articles stored before the index table existed (they have no row under the key "")."""
+        rows = db.execute(
+            f"SELECT id, source, ingested_at, document FROM {self.table} WHERE id NOT IN "
+            f"(SELECT id FROM {self.table}_keys WHERE key = '')").fetchall()
+        for article_id, source, ingested_at, document in rows:
+            fields = json.loads(document)
+            self._index(db, article_id, source, sort_time(fields, ingested_at),
+                        fields.get("entity_keys") or entity_keys(fields.get("entities")))
+        if rows:
+            log.info("indexed {n} articles stored before {table}_keys existed", n=len(rows), table=self.table)
+
+    def _index(self, db, article_id: str, source: str, sort_at: str, keys) -> None:
+        """The rows that find *article_id*: one per entity key, and one under "" (every article)."""
+        db.executemany(f"INSERT OR REPLACE INTO {self.table}_keys (key, id, source, sort_at) VALUES (?, ?, ?, ?)",
+                       [(key, article_id, source, sort_at) for key in ["", *keys]])
 
     def closing(self):
         return self.in_thread(self._close)
@@ -157,11 +185,11 @@ class SQLiteStore(ThreadedStore):
 
     def prepare(self, article_id, fields, tally):
         document = json.dumps(jsonable(fields), ensure_ascii=False, separators=(",", ":"))
-        return article_id, fields["source"], document, tally, model_of(fields)
+        return article_id, fields["source"], document, tally, model_of(fields), fields
 
     def write(self, prepared):
-        article_id, source, document, tally, _ = prepared
-        written = self._in_transaction(self._insert, article_id, source, self._now(), document, tally)
+        article_id, source, document, tally, _, fields = prepared
+        written = self._in_transaction(self._insert, article_id, source, self._now(), document, tally, fields)
         written.addCallback(lambda created: self._count_write("created" if created else "existing", created))
         return written
 
@@ -191,23 +219,28 @@ class SQLiteStore(ThreadedStore):
         db.execute("COMMIT")
         return result
 
-    def _insert(self, db, article_id, source, ingested_at, document, tally) -> bool:
+    def _insert(self, db, article_id, source, ingested_at, document, tally, fields) -> bool:
         created = db.execute(
             f"INSERT OR IGNORE INTO {self.table} (id, source, ingested_at, document) "
             "VALUES (?, ?, ?, ?)", (article_id, source, ingested_at, document)).rowcount == 1
+        if created:
+            self._index(db, article_id, source, sort_time(fields, ingested_at), fields.get("entity_keys") or ())
         if created and tally:
             self._add_counts(db, {source: tally})
         return created
 
-    def _replace(self, db, article_id, source, document, tally, model, ingested_at) -> str:
-        row = db.execute(f"SELECT source, document FROM {self.table} WHERE id = ?", (article_id,)).fetchone()
+    def _replace(self, db, article_id, source, document, tally, model, fields, ingested_at) -> str:
+        row = db.execute(f"SELECT source, document, ingested_at FROM {self.table} WHERE id = ?",
+                         (article_id,)).fetchone()
         if row is None:
-            self._insert(db, article_id, source, ingested_at, document, tally)
+            self._insert(db, article_id, source, ingested_at, document, tally, fields)
             return "created"
         old_source, old_document = row[0], json.loads(row[1])
         if model_of(old_document) == model:
             return "unchanged"
         db.execute(f"UPDATE {self.table} SET source = ?, document = ? WHERE id = ?", (source, document, article_id))
+        db.execute(f"DELETE FROM {self.table}_keys WHERE id = ?", (article_id,))
+        self._index(db, article_id, source, sort_time(fields, row[2]), fields.get("entity_keys") or ())
         if self.entity_counters_enabled:
             self._add_counts(db, counter_changes(old_source, entity_tally(old_document.get("entities")),
                                                  source, tally))
@@ -263,6 +296,30 @@ class SQLiteStore(ThreadedStore):
         query += " ORDER BY ingested_at DESC, rowid DESC LIMIT ?"
         return [_document(row) for row in self._db().execute(query, arguments + (limit,))]
 
+    def query(self, key="", source=None, since=None, until=None, limit=20, after=None):
+        try:
+            check_limit(limit)
+        except ValueError:
+            return fail()
+        return self.in_thread(self._query, key, source, since, until, limit, after)
+
+    def _query(self, key, source, since, until, limit, after):
+        conditions, arguments = ["k.key = ?"], [key]
+        for condition, value in (("k.source = ?", source), ("k.sort_at >= ?", since), ("k.sort_at < ?", until)):
+            if value is not None:
+                conditions.append(condition)
+                arguments.append(value)
+        if after is not None:
+            conditions.append("(k.sort_at < ? OR (k.sort_at = ? AND k.id < ?))")
+            arguments += [after[0], after[0], after[1]]
+        rows = self._db().execute(
+            f"SELECT a.id, a.ingested_at, a.document, k.sort_at FROM {self.table}_keys k "
+            f"JOIN {self.table} a ON a.id = k.id WHERE {' AND '.join(conditions)} "
+            "ORDER BY k.sort_at DESC, k.id DESC LIMIT ?", arguments + [limit + 1]).fetchall()
+        documents = [_document(row[:3]) for row in rows[:limit]]
+        last = (rows[limit - 1][3], rows[limit - 1][0]) if len(rows) > limit else None
+        return documents, last
+
     def entity_counters(self, source):
         return self.in_thread(self._entity_counters, source)
 
@@ -288,6 +345,11 @@ class SQLiteStore(ThreadedStore):
             **self._stats,
             "threads": self.thread_state(),
         }
+
+
+def sort_time(fields: dict, ingested_at: str) -> str:
+    """When an article sorts: when it was published, else when it was ingested (both fixed-width UTC text)."""
+    return fields.get("published_at") or ingested_at
 
 
 def _document(row) -> dict:
