@@ -173,6 +173,8 @@ class ExtractEntities(InputOutputProcessor):
         pool = self.pool.value
         texts = [(name, article.get(name) or "") for name in self.fields]
         texts = [(name, text) for name, text in texts if name == "body" or text.strip()]
+        if not texts:
+            raise WebError(400, f"the article has none of the fields this route reads: {', '.join(self.fields)}")
         allowance = sum(count_words(text) for _, text in texts) / 1000 * self.config["seconds_per_1000_words"]
         deadline = get_path(baton, self.config["deadline_path"], None) if self.config["deadline_path"] else None
         if isinstance(deadline, Deadline):
