@@ -27,7 +27,7 @@ from pipedingest.article import entity_key, id_problem
 from pipedingest.dates import FORMS, parse
 from pipedingest.dates import iso_utc as moment_text
 from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Option
-from pipedingest.processors.store import STORE, store_failed, store_reference
+from pipedingest.processors.store import STORE, checked_limit, store_failed, store_reference
 from pipedingest.web.errors import WebError
 
 #: What a sort time looks like in a cursor (the fixed-width UTC text of :mod:`pipedingest.dates`).
@@ -107,11 +107,8 @@ class QueryArticles(InputOutputProcessor):
                     raise WebError(400, f"unknown label {label[:40]!r}",
                                    **({"labels": sorted(known)} if known is not None else {}))
             key = entity_key(entity, label)
-        raw_limit = one.get("limit", str(self.config["default_limit"]))
-        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= self.config["max_limit"]:
-            raise WebError(400, f"limit must be a whole number from 1 to {self.config['max_limit']}",
-                           given=raw_limit[:20])
-        query = {"key": key, "source": one.get("source"), "limit": int(raw_limit), "since": None, "until": None,
+        limit = checked_limit(one.get("limit", str(self.config["default_limit"])), self.config["max_limit"])
+        query = {"key": key, "source": one.get("source"), "limit": limit, "since": None, "until": None,
                  "after": None}
         for name in ("since", "until"):
             if name in one:

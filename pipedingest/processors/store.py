@@ -56,6 +56,13 @@ def store_failed(failure):
     return failure
 
 
+def checked_limit(raw: str, most: int) -> int:
+    """A query's ``limit``: a whole number from 1 to *most*, else a WebError 400 that says so."""
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
+        raise WebError(400, f"limit must be a whole number from 1 to {most}", given=raw[:20])
+    return int(raw)
+
+
 @provider(IPlugin, IProcessor)
 class StoreArticle(Processor):
     """Keep an article with its entities; 201 when it is new, 200 when that id was already stored.
@@ -195,9 +202,6 @@ class ListArticles(InputOutputProcessor):
 
     def process_input(self, args, baton):
         source = (args.get("source") or [None])[0]
-        raw_limit = (args.get("limit") or ["20"])[0]
-        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= self.config["max_limit"]:
-            raise WebError(400, f"limit must be a whole number from 1 to {self.config['max_limit']}",
-                           given=raw_limit)
-        listed = self.store.value.recent(source=source, limit=int(raw_limit))
+        limit = checked_limit((args.get("limit") or ["20"])[0], self.config["max_limit"])
+        listed = self.store.value.recent(source=source, limit=limit)
         return listed.addCallbacks(lambda articles: {"count": len(articles), "articles": articles}, store_failed)
