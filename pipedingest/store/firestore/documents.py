@@ -1,20 +1,24 @@
 """An article's Firestore document: the write on its way, its size, the token, and the document read back.
 
-Each document carries a private ``_ingest_token`` (:data:`TOKEN_FIELD`) unique to
+Each document carries ``sort_at`` (:data:`SORT_FIELD`), what queries order it by, and a private ``_ingest_token`` (:data:`TOKEN_FIELD`) unique to
 the put (or replace) that wrote it last, so that a write whose answer was lost can
 recognise its own document; readers drop it.
 """
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from twisted.internet.defer import Deferred
 
-from pipedingest.store.base import jsonable
+from pipedingest.store.base import iso_utc, jsonable
 from pipedingest.store.firestore.counters import MAX_FIELD_TRANSFORMS, ShardPlan, shard_write_size
 
 #: A private field naming the put that created the document (see the module docstring).
 TOKEN_FIELD = "_ingest_token"
+#: The text a document sorts by in queries: ``published_at``, else the store's time when it was first stored
+#: (fixed-width UTC, as in SQLite's index table); readers drop it.
+SORT_FIELD = "sort_at"
 
 
 def wire_size(value) -> int:
@@ -65,8 +69,18 @@ class Pending:
         self.created: bool | None = None
 
 
+def sort_text(data: dict) -> str | None:
+    """What the stored document *data* sorts by: its ``sort_at``, else (stored before there was one) its
+    ``ingested_at`` as fixed-width UTC text; None when it has neither."""
+    if isinstance(data.get(SORT_FIELD), str):
+        return data[SORT_FIELD]
+    ingested_at = data.get("ingested_at")
+    return iso_utc(ingested_at) if isinstance(ingested_at, datetime) else None
+
+
 def stored(snapshot) -> dict:
     """The stored article of a document *snapshot*, as the stores give it (the token left out)."""
     data = snapshot.to_dict() or {}
     data.pop(TOKEN_FIELD, None)
+    data.pop(SORT_FIELD, None)
     return jsonable({"id": snapshot.id, **data})

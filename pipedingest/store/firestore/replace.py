@@ -2,9 +2,10 @@
 
 **Replace** is not batched: each is one Firestore transaction on the store's
 threads, which reads the document, decides (created, unchanged: same model name
-and version, replaced) and writes the whole document (``ingested_at`` kept, a new
-token) with the counter increments: negative ones for the old document's tally on
-its source's shards, positive ones for the new, chosen as a commit chooses them.
+and version, replaced) and writes the whole document (``ingested_at`` kept, and
+``sort_at`` unless the new one has a ``published_at``; a new token) with the counter
+increments: negative ones for the old document's tally on its source's shards,
+positive ones for the new, chosen as a commit chooses them.
 Across processes the transaction serialises replaces of one id; within one, a
 replace waits for the puts and replaces of its id queued or in flight before it,
 and puts queued after it wait for it (:class:`Turns`).  Failures are retried and
@@ -31,7 +32,7 @@ from pipedingest.store.base import (
 )
 from pipedingest.store.firestore.client import describe, is_transient
 from pipedingest.store.firestore.counters import CounterShards, ShardPlan, shard_write_size
-from pipedingest.store.firestore.documents import TOKEN_FIELD, Pending
+from pipedingest.store.firestore.documents import SORT_FIELD, TOKEN_FIELD, Pending, sort_text
 
 log = Logger()
 
@@ -132,7 +133,10 @@ class Replacer:
                                           f"bytes, more than max_batch_bytes={self.max_batch_bytes}",
                                           item.article_id)
             ingested_at = (stored or {}).get("ingested_at") or firestore.SERVER_TIMESTAMP
-            transaction.set(reference, dict(item.fields, ingested_at=ingested_at, **{TOKEN_FIELD: item.token}))
+            fields = dict(item.fields, ingested_at=ingested_at, **{TOKEN_FIELD: item.token})
+            if stored is not None and not item.fields.get("published_at"):
+                fields[SORT_FIELD] = sort_text(stored) or fields[SORT_FIELD]
+            transaction.set(reference, fields)
             self.counters.add_writes(client, transaction, counters, first_sub)
             replacement.outcome = "created" if stored is None else "replaced"
             replacement.counters = counters

@@ -21,6 +21,7 @@ import os
 import random as _random
 import re
 import threading
+from datetime import datetime, timezone
 
 from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
@@ -40,6 +41,7 @@ from pipedingest.store.base import (
     StoreUnavailable,
     ThreadedStore,
     check_limit,
+    iso_utc,
 )
 from pipedingest.store.firestore.access import ACCESS_CHECK_ID, AccessWatch
 from pipedingest.store.firestore.backoff import Backoff
@@ -53,7 +55,7 @@ from pipedingest.store.firestore.client import (
 )
 from pipedingest.store.firestore.commits import BatchWriter, Commits
 from pipedingest.store.firestore.counters import MAX_FIELD_TRANSFORMS, CounterShards
-from pipedingest.store.firestore.documents import Pending, stored
+from pipedingest.store.firestore.documents import SORT_FIELD, Pending, stored
 from pipedingest.store.firestore.replace import Replacer, Replaces, Turns
 
 log = Logger()
@@ -254,7 +256,12 @@ class FirestoreStore(ThreadedStore):
     # -- writes: puts in batched commits, replaces in transactions --------------
 
     def prepare(self, article_id, fields, tally):
-        """The put on its way; the constructor made sure that its writes fit one commit."""
+        """The put on its way; the constructor made sure that its writes fit one commit.
+
+        The document gets ``sort_at`` (:data:`~.documents.SORT_FIELD`), the text its article sorts by: its
+        ``published_at``, else now by the store's clock (a replace keeps the stored one).
+        """
+        fields = dict(fields, **{SORT_FIELD: fields.get("published_at") or self._now()})
         item = Pending(article_id, fields, self.counters.by_shard(tally), self._path_bytes,
                        self.max_field_transforms)
         if item.size > self.max_batch_bytes:
@@ -265,6 +272,9 @@ class FirestoreStore(ThreadedStore):
 
     def write(self, item):
         return self.commits.add(item)
+
+    def _now(self) -> str:
+        return iso_utc(datetime.fromtimestamp(self._clock.seconds(), timezone.utc))
 
     def rewrite(self, item):
         return self.replaces.rewrite(item)
