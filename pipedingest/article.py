@@ -66,6 +66,8 @@ MAX_ID_BYTES = 1500
 MAX_DISTINCT_ENTITIES = 10_000
 
 _RESERVED_ID = re.compile(r"^__.*__$")
+#: A label as a key ends with it (:func:`split_key`): upper case, as the models write labels.
+_KEY_LABEL = re.compile(r"[A-Z][A-Z0-9_]*")
 #: A language tag as clients send it: a primary subtag of 2 or 3 letters, then optional subtags.
 _LANGUAGE_TAG = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
 
@@ -189,6 +191,22 @@ def entity_keys(entities) -> list[str]:
             if isinstance(entity.get("label"), str) and entity["label"]:
                 keys.add(entity_key(entity["text"], entity["label"]))
     return sorted(keys)
+
+
+def document_keys(document: dict) -> list[str]:
+    """The keys a stored *document* is found and counted by: its ``entity_keys``, else (a document stored
+    before they were kept, or written without them) its entities' :func:`entity_keys`."""
+    return document.get("entity_keys") or entity_keys(document.get("entities"))
+
+
+def split_key(key: str) -> tuple[str, Optional[str]]:
+    """A key's text and label (``"tim cook|PERSON"`` → ``("tim cook", "PERSON")``), the label None when the key
+    has none. The label is what follows the last ``|`` when that has a label's shape (upper case); key texts
+    are case-folded, so a text that holds ``|`` is never taken for a label (``"a|b"`` → ``("a|b", None)``)."""
+    text, bar, label = key.rpartition("|")
+    if bar and _KEY_LABEL.fullmatch(label):
+        return text, label
+    return key, None
 
 
 def entity_counts(entities: list) -> dict:

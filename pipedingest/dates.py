@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import re
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Optional
 
 #: The years a publication date may have; outside them a value is taken for a mistake, not a date.
@@ -55,6 +55,30 @@ def parse(text: str) -> Optional[datetime]:
 def iso_utc(moment: datetime) -> str:
     """``2017-02-07T09:30:00.000000Z``: fixed width, so that texts sort as the moments do."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def day_of(moment: str) -> str:
+    """The UTC day (``2017-02-07``) of a fixed-width moment text (:func:`iso_utc`): the day an article is
+    counted under, from its sort time (``published_at``, else ``ingested_at``)."""
+    return moment[:10]
+
+
+def day_floor(moment: datetime) -> date:
+    """The UTC day *moment* falls in: a window starting at *moment* counts that whole day."""
+    return moment.astimezone(timezone.utc).date()
+
+
+def day_ceiling(moment: datetime) -> date:
+    """The first UTC day starting at or after *moment*: a window ending (exclusive) at *moment* counts the day
+    it falls in, unless *moment* is that day's midnight."""
+    moment = moment.astimezone(timezone.utc)
+    day = moment.date()
+    return day if moment == datetime.combine(day, time(), timezone.utc) else day + timedelta(days=1)
+
+
+def days_between(since: date, until: date) -> list[str]:
+    """Every day from *since* (inclusive) to *until* (exclusive), as ``YYYY-MM-DD``."""
+    return [(since + timedelta(days=n)).isoformat() for n in range((until - since).days)]
 
 
 def warning(text: str) -> str:

@@ -134,6 +134,25 @@ class IArticleStore(IService):
         text), newest first by ``published_at`` else ``ingested_at``, then by id; at most *limit*, after the
         ``(sort_at, id)`` *after*. *last* is the ``(sort_at, id)`` to go on from, None on the last page."""
 
+    def top_entities(source, since, until, label=None, limit=50):
+        """Deferred[dict]: ``{"entities": [{"key": "apple|ORG", "count": n}, ...], "as_of": text or None}``: the
+        labelled keys (``"text|LABEL"``) of *source* with the most articles in the day buckets from *since* (a
+        day ``"YYYY-MM-DD"``, inclusive) to *until* (exclusive), most first then key ascending, at most *limit*;
+        *label* keeps that label only. ``as_of``: the moment up to which the counts are complete (None: exact,
+        counted in the write's own transaction, as SQLite does; Firestore rolls buckets up on a tick and says
+        how far).
+
+        A day bucket ``(source, day, key)`` counts the articles of *source* whose sort time (``published_at``,
+        else ``ingested_at``) falls on that UTC day and whose ``entity_keys`` hold *key*: once per article id,
+        however often it names the entity; ``replace`` moves an article's counts with it. A store that keeps no
+        entity counters fails with :class:`QueryUnsupported`."""
+
+    def timeline(key, source=None, since=None, until=None):
+        """Deferred[dict]: ``{"days": {"YYYY-MM-DD": n, ...}, "as_of": ...}`` (days with n > 0 only): the
+        articles mentioning *key* (either form: ``apple`` or ``apple|ORG``) per UTC day from *since* (inclusive)
+        to *until* (exclusive), of *source*, or of every source when None; ``as_of`` as for
+        :meth:`top_entities`."""
+
     def entity_counters(source):
         """Deferred[dict]: ``{entity text: {"count": n, "labels": {label: n}}}`` for *source*."""
 
@@ -368,6 +387,23 @@ class ThreadedStore(Service):
     def query(self, key="", source=None, since=None, until=None, limit=20, after=None) -> Deferred:
         """See :meth:`IArticleStore.query`; a store that cannot answer it fails with :class:`QueryUnsupported`."""
         return fail(QueryUnsupported(f"the {self.kind} store cannot find articles by entity yet"))
+
+    def top_entities(self, source, since, until, label=None, limit=50) -> Deferred:
+        """See :meth:`IArticleStore.top_entities`; here it fails with :meth:`counts_unsupported`."""
+        return fail(self.counts_unsupported())
+
+    def timeline(self, key, source=None, since=None, until=None) -> Deferred:
+        """See :meth:`IArticleStore.timeline`; here it fails with :meth:`counts_unsupported`."""
+        return fail(self.counts_unsupported())
+
+    def counts_unsupported(self) -> QueryUnsupported:
+        """Why this store cannot answer :meth:`top_entities` and :meth:`timeline`: it keeps no entity
+        counters (the fix is the operator's), or it cannot read them per day yet."""
+        name = self.name.partition(".")[2] if self.name else self.kind
+        if not self.entity_counters_enabled:
+            return QueryUnsupported(f"the store {name!r} keeps no entity counts: set entity_counters: true "
+                                    f"under stores: {name} to count entities per day")
+        return QueryUnsupported(f"the {self.kind} store {name!r} cannot count entities per day yet")
 
     def prepare(self, article_id: str, fields: dict, tally: dict[str, dict[str, int]]):
         """What :meth:`write` needs for one checked document and its :func:`entity_tally`

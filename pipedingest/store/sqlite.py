@@ -15,6 +15,19 @@ replace in another process wait and then find the new model.  Counter rows that
 fall to 0 are deleted.  The limits are Firestore's, applied by the shared
 :class:`~pipedingest.store.base.ThreadedStore`: what SQLite accepts, Firestore
 accepts too.
+
+Reading by entity: ``{table}_keys`` holds one row per entity key and article (and
+one under ``""`` for every article) with the article's source and sort time; every
+store keeps it, whether or not it counts entities.  A store that counts entities
+also keeps the day buckets ``{table}_entity_days``: one row per source, UTC day
+(of the sort time) and key, counting the articles of ``{table}_keys`` on that day,
+so a bucket is always that table's rows grouped, changed in the same transaction
+(+1 per key row written, -1 per key row deleted by a replace; a bucket at 0 is
+deleted).  The buckets are built from ``{table}_keys`` when they are new (a
+database stored before them, or counters just turned on) or when a store that
+does not count has opened the database since (``{table}_meta`` keeps when they
+were last built, and such a store deletes that record); within the transaction
+that creates the schema, so a restart never counts an article twice.
 """
 from __future__ import annotations
 
@@ -29,7 +42,8 @@ from twisted.internet.defer import fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pipedingest.article import entity_keys
+from pipedingest.article import document_keys, split_key
+from pipedingest.dates import day_of
 from pipedingest.store.base import (
     MAX_DOCUMENT_BYTES,
     IArticleStore,
@@ -140,28 +154,60 @@ class SQLiteStore(ThreadedStore):
                 label TEXT NOT NULL,
                 count INTEGER NOT NULL,
                 PRIMARY KEY (source, entity, label))""",
+            f"CREATE TABLE IF NOT EXISTS {self.table}_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         ]
+        connection.create_function("day_of", 1, day_of, deterministic=True)
+        connection.create_function("key_label", 1, lambda key: split_key(key)[1] or "", deterministic=True)
         connection.execute("BEGIN IMMEDIATE")
         try:
             for statement in statements:
                 connection.execute(statement)
-            self._index_unindexed(connection)
+            indexed = self._index_unindexed(connection)
+            self._prepare_day_buckets(connection, rebuild=indexed > 0)
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
 
-    def _index_unindexed(self, db) -> None:
-        """Index the articles stored before the index table existed (they have no row under the key "")."""
+    def _index_unindexed(self, db) -> int:
+        """Index the articles stored before the index table existed (they have no row under the key ""); how many."""
         rows = db.execute(
             f"SELECT id, source, ingested_at, document FROM {self.table} WHERE id NOT IN "
             f"(SELECT id FROM {self.table}_keys WHERE key = '')").fetchall()
         for article_id, source, ingested_at, document in rows:
             fields = json.loads(document)
-            self._index(db, article_id, source, sort_time(fields, ingested_at),
-                        fields.get("entity_keys") or entity_keys(fields.get("entities")))
+            self._index(db, article_id, source, sort_time(fields, ingested_at), document_keys(fields))
         if rows:
             log.info("indexed {n} articles stored before {table}_keys existed", n=len(rows), table=self.table)
+        return len(rows)
+
+    def _prepare_day_buckets(self, db, rebuild: bool) -> None:
+        """Create ``{table}_entity_days`` and build it from ``{table}_keys`` when it is new or may be incomplete
+        (*rebuild*: articles were just indexed; or no record of its last build); a store that does not count
+        entities deletes that record instead, since the articles it stores go uncounted (module docstring)."""
+        days, meta = f"{self.table}_entity_days", f"{self.table}_meta"
+        if not self.entity_counters_enabled:
+            db.execute(f"DELETE FROM {meta} WHERE name = 'entity_days_built'")
+            return
+        db.execute(f"""CREATE TABLE IF NOT EXISTS {days} (
+                source TEXT NOT NULL,
+                day TEXT NOT NULL,
+                key TEXT NOT NULL,
+                label TEXT NOT NULL,
+                count INTEGER NOT NULL,
+                PRIMARY KEY (source, day, key)) WITHOUT ROWID""")
+        db.execute(f"CREATE INDEX IF NOT EXISTS {days}_by_key ON {days} (key, day, source)")
+        built = db.execute(f"SELECT value FROM {meta} WHERE name = 'entity_days_built'").fetchone()
+        if built is not None and not rebuild:
+            return
+        db.execute(f"DELETE FROM {days}")
+        db.execute(
+            f"INSERT INTO {days} (source, day, key, label, count) "
+            f"SELECT source, day_of(sort_at), key, key_label(key), COUNT(*) FROM {self.table}_keys "
+            "WHERE key != '' GROUP BY source, day_of(sort_at), key")
+        db.execute(f"INSERT OR REPLACE INTO {meta} (name, value) VALUES ('entity_days_built', ?)", (self._now(),))
+        buckets = db.execute(f"SELECT COUNT(*) FROM {days}").fetchone()[0]
+        log.info("built {n} entity day buckets in {table} from the stored articles", n=buckets, table=days)
 
     def _index(self, db, article_id: str, source: str, sort_at: str, keys) -> None:
         """The rows that find *article_id*: one per entity key, and one under "" (every article)."""
@@ -224,7 +270,10 @@ class SQLiteStore(ThreadedStore):
             f"INSERT OR IGNORE INTO {self.table} (id, source, ingested_at, document) "
             "VALUES (?, ?, ?, ?)", (article_id, source, ingested_at, document)).rowcount == 1
         if created:
-            self._index(db, article_id, source, sort_time(fields, ingested_at), fields.get("entity_keys") or ())
+            sort_at, keys = sort_time(fields, ingested_at), document_keys(fields)
+            self._index(db, article_id, source, sort_at, keys)
+            if self.entity_counters_enabled:
+                self._add_day_counts(db, day_changes([], [(source, sort_at, key) for key in keys]))
         if created and tally:
             self._add_counts(db, {source: tally})
         return created
@@ -239,11 +288,15 @@ class SQLiteStore(ThreadedStore):
         if model_of(old_document) == model:
             return "unchanged"
         db.execute(f"UPDATE {self.table} SET source = ?, document = ? WHERE id = ?", (source, document, article_id))
+        old_rows = db.execute(f"SELECT source, sort_at, key FROM {self.table}_keys WHERE id = ? AND key != ''",
+                              (article_id,)).fetchall()
         db.execute(f"DELETE FROM {self.table}_keys WHERE id = ?", (article_id,))
-        self._index(db, article_id, source, sort_time(fields, row[2]), fields.get("entity_keys") or ())
+        sort_at, keys = sort_time(fields, row[2]), document_keys(fields)
+        self._index(db, article_id, source, sort_at, keys)
         if self.entity_counters_enabled:
             self._add_counts(db, counter_changes(old_source, entity_tally(old_document.get("entities")),
                                                  source, tally))
+            self._add_day_counts(db, day_changes(old_rows, [(source, sort_at, key) for key in keys]))
         return "replaced"
 
     def _add_counts(self, db, changes: dict) -> None:
@@ -259,6 +312,16 @@ class SQLiteStore(ThreadedStore):
                 f"DELETE FROM {self.table}_entity_counters "
                 "WHERE source = ? AND entity = ? AND label = ? AND count = 0",
                 [row[:3] for row in rows if row[3] < 0])
+
+    def _add_day_counts(self, db, changes: dict) -> None:
+        """Add ``{(source, day, key): n}`` to the day buckets (n may be negative); drop buckets left at 0."""
+        rows = [(source, day, key, split_key(key)[1] or "", n) for (source, day, key), n in changes.items()]
+        db.executemany(
+            f"INSERT INTO {self.table}_entity_days (source, day, key, label, count) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (source, day, key) DO UPDATE SET count = count + excluded.count", rows)
+        db.executemany(
+            f"DELETE FROM {self.table}_entity_days WHERE source = ? AND day = ? AND key = ? AND count = 0",
+            [row[:3] for row in rows if row[4] < 0])
 
     def _count_write(self, outcome: str, result):
         self._stats["commits"] += 1
@@ -320,6 +383,41 @@ class SQLiteStore(ThreadedStore):
         last = (rows[limit - 1][3], rows[limit - 1][0]) if len(rows) > limit else None
         return documents, last
 
+    def top_entities(self, source, since, until, label=None, limit=50):
+        if not self.entity_counters_enabled:
+            return fail(self.counts_unsupported())
+        try:
+            check_limit(limit)
+        except ValueError:
+            return fail()
+        return self.in_thread(self._top_entities, source, since, until, label, limit)
+
+    def _top_entities(self, source, since, until, label, limit):
+        conditions, arguments = ["source = ?", "label = ?"], [source, label]
+        if label is None:  # the labelled keys only: "apple" alone counts what "apple|ORG" and "apple|PERSON" do
+            conditions[1:], arguments[1:] = ["label != ''"], []
+        conditions, arguments = _window(conditions, arguments, since, until)
+        rows = self._db().execute(
+            f"SELECT key, SUM(count) AS n FROM {self.table}_entity_days WHERE {' AND '.join(conditions)} "
+            "GROUP BY key ORDER BY n DESC, key ASC LIMIT ?", arguments + [limit])
+        return {"entities": [{"key": key, "count": n} for key, n in rows], "as_of": None}
+
+    def timeline(self, key, source=None, since=None, until=None):
+        if not self.entity_counters_enabled:
+            return fail(self.counts_unsupported())
+        return self.in_thread(self._timeline, key, source, since, until)
+
+    def _timeline(self, key, source, since, until):
+        conditions, arguments = ["key = ?"], [key]
+        if source is not None:
+            conditions.append("source = ?")
+            arguments.append(source)
+        conditions, arguments = _window(conditions, arguments, since, until)
+        rows = self._db().execute(
+            f"SELECT day, SUM(count) FROM {self.table}_entity_days WHERE {' AND '.join(conditions)} "
+            "GROUP BY day ORDER BY day", arguments)
+        return {"days": {day: n for day, n in rows if n > 0}, "as_of": None}
+
     def entity_counters(self, source):
         return self.in_thread(self._entity_counters, source)
 
@@ -350,6 +448,26 @@ class SQLiteStore(ThreadedStore):
 def sort_time(fields: dict, ingested_at: str) -> str:
     """When an article sorts: when it was published, else when it was ingested (both fixed-width UTC text)."""
     return fields.get("published_at") or ingested_at
+
+
+def day_changes(removed, added) -> dict[tuple[str, str, str], int]:
+    """What taking the key rows *removed* off the day buckets and adding *added* changes:
+    ``{(source, day, key): n}``, from rows ``(source, sort_at, key)``, changes that cancel out left out."""
+    changes: dict[tuple[str, str, str], int] = {}
+    for rows, sign in ((removed, -1), (added, 1)):
+        for source, sort_at, key in rows:
+            bucket = (source, day_of(sort_at), key)
+            changes[bucket] = changes.get(bucket, 0) + sign
+    return {bucket: n for bucket, n in changes.items() if n}
+
+
+def _window(conditions: list, arguments: list, since, until) -> tuple[list, list]:
+    """*conditions* and *arguments* with the day window: from *since* (inclusive) to *until* (exclusive)."""
+    for condition, value in (("day >= ?", since), ("day < ?", until)):
+        if value is not None:
+            conditions.append(condition)
+            arguments.append(value)
+    return conditions, arguments
 
 
 def _document(row) -> dict:
