@@ -33,9 +33,37 @@ from pipedingest.web.errors import WebError
 #: What a sort time looks like in a cursor (the fixed-width UTC text of :mod:`pipedingest.dates`).
 _SORT_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 #: A label's shape when no pool says which labels exist.
-_LABEL = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
+_LABEL = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
 #: The longest entity text a query may name (longer ones are no entity a model found).
 MAX_ENTITY_CHARS = 512
+#: The option that says which labels a query may name.
+POOLS = Option(list, [], "NER pools whose models' labels are the known ones (none: any label of upper-case "
+               "letters)", items=str)
+
+
+class KnownLabels:
+    """The labels a query may name: those of the models of the NER pools named (a step's references, taken
+    when the configuration loads), else any text of a label's shape."""
+
+    def __init__(self, step, pools: list[str]):
+        self.pools = [step.reference(name, wanted="NER pool") for name in pools]
+
+    def known(self) -> set[str] | None:
+        """The labels the pools' models have (those of the models loaded so far); None when no pool is named."""
+        if not self.pools:
+            return None
+        known = set()
+        for pool in self.pools:
+            known.update(pool.value.location.meta.get("labels", {}).get("ner", ()))
+        return known
+
+    def check(self, label: str) -> str:
+        """*label*, or a WebError 400 naming it (and the known labels, when the pools say which)."""
+        known = self.known()
+        if (known is not None and label not in known) or (known is None and not _LABEL.fullmatch(label)):
+            raise WebError(400, f"unknown label {label[:40]!r}",
+                           **({"labels": sorted(known)} if known is not None else {}))
+        return label
 
 
 def encode_cursor(position: tuple[str, str]) -> str:
@@ -64,21 +92,12 @@ class QueryArticles(InputOutputProcessor):
                "output_path": Option(str, "content", "where to put {count, articles, next_cursor}"),
                "max_limit": Option(int, 100, "the largest limit a client may ask for", minimum=1, maximum=1000),
                "default_limit": Option(int, 20, "the limit when none is asked for", minimum=1, maximum=1000),
-               "pools": Option(list, [], "NER pools whose models' labels are the known ones (none: any label "
-                               "of upper-case letters)", items=str)}
+               "pools": POOLS}
 
     def __init__(self, config, step):
         super().__init__(config, step)
         self.store = store_reference(step, config["store"])
-        self.pools = [step.reference(name, wanted="NER pool") for name in config["pools"]]
-
-    def labels(self) -> set[str] | None:
-        if not self.pools:
-            return None
-        known = set()
-        for pool in self.pools:
-            known.update(pool.value.location.meta.get("labels", {}).get("ner", ()))
-        return known
+        self.labels = KnownLabels(step, config["pools"])
 
     def process_input(self, args, baton):
         query = self.parse(args)
@@ -102,10 +121,7 @@ class QueryArticles(InputOutputProcessor):
             if not entity.strip() or len(entity) > MAX_ENTITY_CHARS:
                 raise WebError(400, f"entity must be 1 to {MAX_ENTITY_CHARS} characters, not blank")
             if label is not None:
-                known = self.labels()
-                if (known is not None and label not in known) or (known is None and not _LABEL.match(label)):
-                    raise WebError(400, f"unknown label {label[:40]!r}",
-                                   **({"labels": sorted(known)} if known is not None else {}))
+                self.labels.check(label)
             key = entity_key(entity, label)
         limit = checked_limit(one.get("limit", str(self.config["default_limit"])), self.config["max_limit"])
         query = {"key": key, "source": one.get("source"), "limit": limit, "since": None, "until": None,
