@@ -64,7 +64,7 @@ KINDS = {
         "threads": Option(int, 4, "the store's own thread pool size", minimum=1),
         "batch_window": Option(float, 0.05, "seconds a write waits for others to share its commit", minimum=0),
         "max_batch_writes": Option(int, 500, "writes per commit (at most 500)", minimum=1, maximum=500),
-        "max_batch_bytes": Option(int, 3 * 1024 * 1024, "request bytes per commit (the emulator caps 4 MiB)",
+        "max_batch_bytes": Option(int, 3_932_160, "request bytes per commit (the emulator caps 4 MiB)",
                                   minimum=1),
         "max_concurrent_commits": Option(int, 2, "commits in flight at once", minimum=1),
         "rpc_timeout": Option(float, 30.0, "seconds one call may take", above=0),

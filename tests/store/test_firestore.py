@@ -75,6 +75,15 @@ def shard_writes(writes):
             for write in writes if "/entity_shards/" in write.update.name}
 
 
+def day_writes(writes):
+    """``{day shard document id: {field path: increment}}`` of the day-bucket writes among *writes*
+    (their ``updated_at`` left out)."""
+    return {write.update.name.rsplit("/", 1)[1]: {transform.field_path: transform.increment.integer_value
+                                                  for transform in write.update_transforms
+                                                  if transform.field_path != "updated_at"}
+            for write in writes if "/entity_day_shards/" in write.update.name}
+
+
 def entities(texts, label="PERSON"):
     return [{"text": text, "label": label, "start": 0, "end": 1} for text in texts]
 
@@ -125,7 +134,7 @@ async def test_puts_wait_for_the_window_then_share_one_commit(firestore_stores, 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_duplicates_make_one_document_and_count_once(firestore_stores, make_article):
     store = firestore_stores(entity_counters=True, batch_window=0.001, max_concurrent_commits=3,
-                             counter_shards=4, max_batch_writes=30)
+                             counter_shards=4, max_batch_writes=70)
     puts = []
     for round_ in range(50):
         puts.append(store.put(make_article(7, source="dup")))
@@ -274,8 +283,9 @@ async def test_commits_hold_at_most_500_writes(firestore_stores, make_article, m
     commits = record_commits(monkeypatch)
     clock = task.Clock()
     store = firestore_stores(clock=clock, entity_counters=True, max_concurrent_commits=1)
-    # Each article is a write; the counts of its 3 entities join the others' in the shards' documents.
-    shards = len({shard_of(text, 64) for text in ("Ada Lovelace", "Charles Babbage", "London")})
+    # Each article is a write; the counts of its 3 entities join the others' in the shards' documents,
+    # and its entity keys join theirs in one day bucket (all are published on one day).
+    shards = len({shard_of(text, 64) for text in ("Ada Lovelace", "Charles Babbage", "London")}) + 1
     puts = [store.put(make_article(n)) for n in range(1200)]
     clock.advance(1)
     assert await defer.gatherResults(puts) == [True] * 1200
@@ -300,15 +310,18 @@ async def test_one_flush_sums_its_articles_counts_into_one_write_per_shard_docum
     (writes,) = commits
     shards = {shard_of(text, 8) for text in ["Ada Lovelace", "London"] + [f"Person {n}" for n in range(40)]}
     counted = shard_writes(writes)
-    assert len(writes) == 40 + len(shards) and len(counted) == len(shards)
+    # ... and one day bucket: the 84 keys of one published day (each entity alone and with its label)
+    (day,) = day_writes(writes).values()
+    assert len(writes) == 40 + len(shards) + 1 and len(counted) == len(shards) and len(day) == 84
+    assert day["counts.`ada lovelace|PERSON`"] == day["counts.london"] == 40
     assert {name.split("-")[1] for name in counted} == {str(shard) for shard in shards}
     increments = {path: n for fields in counted.values() for path, n in fields.items()}
     assert increments.pop("counts.`Ada Lovelace`.PERSON") == 40
     assert increments.pop("counts.London.PERSON") == 40
     assert increments == {f"counts.`Person {n}`.PERSON": 1 for n in range(40)}
     state = store.state()
-    assert state["commits"] == 1 and state["counter_writes"] == len(shards)
-    assert state["counter_increments"] == 42
+    assert state["commits"] == 1 and state["counter_writes"] == len(shards) + 1
+    assert state["counter_increments"] == 42 + 84
     counters = await store.entity_counters("wire")
     assert counters["Ada Lovelace"] == counters["London"] == {"count": 40, "labels": {"PERSON": 40}}
     assert len(counters) == 42
@@ -317,7 +330,8 @@ async def test_one_flush_sums_its_articles_counts_into_one_write_per_shard_docum
 @pytest_twisted.ensureDeferred
 async def test_the_cutter_keeps_every_document_within_its_transform_limit(
         firestore_stores, make_article, monkeypatch):
-    """One shard, 25 increments per document and commit: 100 articles of 100 keys need 2 commits."""
+    """One shard, 25 transforms per document and commit: 100 articles of 100 entities (200 day-bucket keys)
+    need 4 commits."""
     commits = record_commits(monkeypatch)
     clock = task.Clock()
     store = firestore_stores(clock=clock, entity_counters=True, counter_shards=1, counter_subshards=3,
@@ -327,12 +341,15 @@ async def test_the_cutter_keeps_every_document_within_its_transform_limit(
             for n in range(100)]
     clock.advance(1)
     assert await defer.gatherResults(puts) == [True] * 100
-    # n articles hold 10 + 90 n distinct keys, 25 to a document: n + ceil((10 + 90 n) / 25) <= 402 for n <= 87.
-    assert [len(writes) for writes in commits] == [87 + 314, 13 + 48]
+    # n articles hold 10 + 90 n distinct entities, 25 to a document, and 20 + 180 n day-bucket keys, 24 to a
+    # document (its updated_at is the 25th transform): n + ceil((10 + 90 n) / 25) + ceil((20 + 180 n) / 24)
+    # <= 402 for n <= 33.
+    assert [len(writes) for writes in commits] == [33 + 120 + 249] * 3 + [1 + 4 + 9]
     for writes in commits:
-        counted = shard_writes(writes)
+        counted, days = shard_writes(writes), day_writes(writes)
         assert all(len(fields) <= 25 for fields in counted.values())
-        assert len(counted) == len(writes) - sum(1 for write in writes if "/articles/" in write.update.name)
+        assert all(len(fields) <= 24 for fields in days.values())
+        assert len(counted) + len(days) == len(writes) - sum(1 for write in writes if "/articles/" in write.update.name)
     counters = await store.entity_counters("wire")
     assert len(counters) == 100 * 90 + 10
     assert counters["Shared 3"] == {"count": 100, "labels": {"PERSON": 100}}
@@ -348,10 +365,11 @@ async def test_the_largest_article_fits_one_commit_within_firestores_limits(
     texts = [f"Entity {n}" for n in range(MAX_DISTINCT_ENTITIES)]
     assert await store.put(make_article(1, body="Many.", entities=entities(texts))) is True
     (writes,) = commits
-    counted = shard_writes(writes)
-    assert len(writes) <= 500 and len(counted) == len(writes) - 1
-    assert max(len(fields) for fields in counted.values()) <= MAX_FIELD_TRANSFORMS
+    counted, days = shard_writes(writes), day_writes(writes)
+    assert len(writes) <= 500 and len(counted) + len(days) == len(writes) - 1
+    assert max(len(write.update_transforms) for write in writes) <= MAX_FIELD_TRANSFORMS
     assert sum(len(fields) for fields in counted.values()) == MAX_DISTINCT_ENTITIES
+    assert sum(len(fields) for fields in days.values()) == 2 * MAX_DISTINCT_ENTITIES
     assert len(await store.entity_counters("wire")) == MAX_DISTINCT_ENTITIES
 
 

@@ -333,19 +333,25 @@ async def test_firestore_a_refused_transaction_changes_nothing(firestore_stores,
 @pytest_twisted.ensureDeferred
 async def test_firestore_a_replace_spreads_its_increments_within_the_transform_limit(
         firestore_stores, make_article, monkeypatch):
-    """120 old and 120 new distinct entities in one shard, at most 50 transforms per document:
+    """120 old and 120 new distinct entities in one shard, at most 62 transforms per document:
     the decrements and increments go to enough sub-shards, and the sums stay right."""
-    store = firestore_stores(entity_counters=True, counter_shards=1, counter_subshards=2, max_field_transforms=50,
+    store = firestore_stores(entity_counters=True, counter_shards=1, counter_subshards=2, max_field_transforms=62,
                              batch_window=0)
     old = [{"text": f"Old {n}", "label": "ORG", "start": 0, "end": 1} for n in range(120)]
     new = [{"text": f"New {n}", "label": "ORG", "start": 0, "end": 1} for n in range(120)]
     assert await store.put(make_article(1, entities=old, entity_counts={})) is True
     commits = fail_transaction_commits(monkeypatch)
     assert await store.replace(make_article(1, entities=new, entity_counts={}, model=NEW_MODEL)) == "replaced"
-    # One shard: 240 decrements and increments, 50 to a document: the article and 5 shard documents.
-    ((article, *shards),) = commits
+    # One shard: 240 decrements and increments, 62 to a document: the article and 4 shard documents; and one
+    # day: 480 keys (each entity alone and with its label), 61 to a document with its updated_at: 8 documents.
+    ((article, *writes),) = commits
     assert article == ("articles/article-1", 0)
-    assert len(shards) == len({path for path, _ in shards}) == 5
-    assert [transforms for _, transforms in shards] == [50, 50, 50, 50, 40]
+    shards = [write for write in writes if "/entity_shards/" in write[0]]
+    days = [write for write in writes if "/entity_day_shards/" in write[0]]
+    assert len(shards) + len(days) == len(writes)
+    assert len(shards) == len({path for path, _ in shards}) == 4
+    assert [transforms for _, transforms in shards] == [62, 62, 62, 54]
+    assert len(days) == len({path for path, _ in days}) == 8
+    assert [transforms for _, transforms in days] == [62] * 7 + [480 - 7 * 61 + 1]
     counters = await assert_counters_recount(store)
     assert set(counters["wire"]) == {entity["text"] for entity in new}

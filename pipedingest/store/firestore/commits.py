@@ -56,6 +56,7 @@ class Commit:
         self.writes = 0
         self.bytes = 0
         self.counter_writes = 0
+        self.day_writes = 0
         self.counter_increments = 0
 
 
@@ -99,6 +100,7 @@ class BatchWriter:
             outcome.writes = len(pending) + counters.writes
             outcome.bytes = sum(item.article_size for item in pending) + counters.bytes
             outcome.counter_writes = counters.writes
+            outcome.day_writes = counters.day_writes
             outcome.counter_increments = counters.increments
             for item in pending:
                 item.created = True
@@ -297,6 +299,7 @@ class Commits:
                 self._stats["commits"] += result.commits
                 self._stats["conflicts"] += result.conflicts
                 self._stats["counter_writes"] += result.counter_writes
+                self._stats["day_writes"] += result.day_writes
                 self._stats["counter_increments"] += result.counter_increments
                 self.largest["writes"] = max(self.largest["writes"], result.writes)
                 self.largest["bytes"] = max(self.largest["bytes"], result.bytes)

@@ -27,23 +27,38 @@ four index entries), so a document holds some 10,000 keys when indexed and
 written often, and up to R times more of rare ones, which spread over the
 sub-shards.  ``entity_counters`` logs a warning when it reads a shard document
 over half the size limit: raise ``counter_shards`` then.
+
+**Day buckets** (for the reads of ``days.py``) go in the same commits: an article
+adds 1 to each of its entity keys (``entity_keys``, clipped as texts are) on the day
+it sorts by (``sort_at``), in ``{counters_collection}/{source}/entity_day_shards/
+{day}-{sub}``: ``{day, counts: {key: n}, updated_at}``.  The sub-shard is the
+commit's (R of them), so a busy day's increments spread as a popular entity's do;
+``updated_at`` (a server timestamp, one more transform per document) tells the
+roll-up which days changed.  A :class:`ShardPlan` plans them beside the entity
+shards, a :class:`DayShard` being their shard.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import re
+from typing import NamedTuple
 from urllib.parse import quote
 
-from google.cloud.firestore_v1 import Increment
+from google.cloud.firestore_v1 import SERVER_TIMESTAMP, Increment
 from twisted.logger import Logger
 
-from pipedingest.store.base import value_size
+from pipedingest.article import document_keys
+from pipedingest.store.base import MAX_COUNTED_LABEL_BYTES, MAX_COUNTED_TEXT_BYTES, counted_as, value_size
 
 log = Logger()
 
 #: The subcollection of a source's counter document that holds its shard documents.
 SHARDS_COLLECTION = "entity_shards"
+#: The subcollection of a source's counter document that holds its day-bucket shards.
+DAY_SHARDS_COLLECTION = "entity_day_shards"
+#: The longest entity key counted in a day bucket (text and label, as the entity shards clip them).
+MAX_COUNTED_KEY_BYTES = MAX_COUNTED_TEXT_BYTES + 1 + MAX_COUNTED_LABEL_BYTES
 #: Firestore's limit on field transforms applied to one document in one commit.
 MAX_FIELD_TRANSFORMS = 500
 #: The map field of a shard document that holds its counts (exempt from indexing in production).
@@ -86,8 +101,19 @@ def shard_of(text: str, shards: int) -> int:
 
 
 def shard_write_size(path_bytes: int, source: str) -> int:
-    """An upper bound of one shard-document write of *source*, its increments aside."""
-    return path_bytes + len(document_id(source).encode("utf-8")) + len(SHARDS_COLLECTION) + 84
+    """An upper bound of one shard-document write of *source* (entity or day shard), its increments aside."""
+    return path_bytes + len(document_id(source).encode("utf-8")) + len(DAY_SHARDS_COLLECTION) + 120
+
+
+class DayShard(NamedTuple):
+    """The shard of a day bucket in a :class:`ShardPlan` (entity shards are numbers)."""
+
+    day: str
+
+
+def counted_key(key: str) -> str:
+    """An entity key as day buckets count it: clipped to ``MAX_COUNTED_KEY_BYTES`` (see ``counted_as``)."""
+    return counted_as(key, MAX_COUNTED_KEY_BYTES)
 
 
 def _documents_for(keys: int, max_transforms: int) -> int:
@@ -96,9 +122,11 @@ def _documents_for(keys: int, max_transforms: int) -> int:
 
 
 def _key_size(key: tuple[str, str]) -> int:
-    """An upper bound of one increment's encoded size: its field path, quoted and escaped, and its value."""
+    """An upper bound of one increment's encoded size: its field path (``counts``, then the text and label,
+    each quoted in backquotes, a backquote or backslash escaped: at most twice its bytes) and the transform
+    around it (about 20 bytes; 27 measured for a 10-byte key alone)."""
     text, label = key
-    return 3 * len(text.encode("utf-8")) + 3 * len(label.encode("utf-8")) + 48
+    return 2 * len(text.encode("utf-8")) + 2 * len(label.encode("utf-8")) + 40
 
 
 class ShardPlan:
@@ -126,8 +154,8 @@ class ShardPlan:
             counts = self.counts.get((item.source, shard), {})
             new = [key for key in keys if key not in counts]
             if new:
-                documents = (_documents_for(len(counts) + len(new), self.max_transforms)
-                             - _documents_for(len(counts), self.max_transforms))
+                limit = self.limit(shard)
+                documents = _documents_for(len(counts) + len(new), limit) - _documents_for(len(counts), limit)
                 writes += documents
                 size += documents * item.shard_write_size + sum(_key_size(key) for key in new)
         return writes, size
@@ -139,15 +167,26 @@ class ShardPlan:
         """Add *source*'s ``{shard: {(text key, label key): n}}``; a write of its costs *shard_write_size*."""
         for shard, keys in shards.items():
             counts = self.counts.setdefault((source, shard), {})
-            before = _documents_for(len(counts), self.max_transforms)
+            limit = self.limit(shard)
+            before = _documents_for(len(counts), limit)
             for key, n in keys.items():
                 if key not in counts:
                     counts[key] = 0
                     self.bytes += _key_size(key)
                 counts[key] += n
-            documents = _documents_for(len(counts), self.max_transforms) - before
+            documents = _documents_for(len(counts), limit) - before
             self.writes += documents
             self.bytes += documents * shard_write_size
+
+    def limit(self, shard) -> int:
+        """The keys one document of *shard* takes in a commit: a day shard's ``updated_at`` is a transform too."""
+        return self.max_transforms - 1 if isinstance(shard, DayShard) else self.max_transforms
+
+    @property
+    def day_writes(self) -> int:
+        """The day-bucket documents among the plan's writes (what the reads cost the commits)."""
+        return sum(_documents_for(len(keys), self.limit(shard))
+                   for (_, shard), keys in self.counts.items() if isinstance(shard, DayShard))
 
     @property
     def increments(self) -> int:
@@ -163,9 +202,10 @@ class ShardPlan:
         """
         for (source, shard), counts in self.counts.items():
             keys = list(counts.items())
-            for chunk, start in enumerate(range(0, len(keys), self.max_transforms)):
+            limit = self.limit(shard)
+            for chunk, start in enumerate(range(0, len(keys), limit)):
                 sub = (first_sub + chunk) % subshards if chunk < subshards else chunk
-                yield source, shard, sub, dict(keys[start:start + self.max_transforms])
+                yield source, shard, sub, dict(keys[start:start + limit])
 
 
 class CounterShards:
@@ -189,13 +229,35 @@ class CounterShards:
                 keys[field_name(text), field_name(label)] = n
         return shards
 
-    def of_source(self, client, source: str):
-        """The collection of *source*'s shard documents."""
-        return client.collection(self.collection).document(document_id(source)).collection(SHARDS_COLLECTION)
+    def for_article(self, fields: dict, tally: dict, day: str) -> dict:
+        """The shards a new article's counts go to: its :func:`entity_tally` by entity shard, and, when the
+        store counts (*tally* is then not empty unless the article has no entity), its keys' bucket of *day*."""
+        shards: dict = self.by_shard(tally)
+        if tally:
+            shards.update(self.by_day(day, dict.fromkeys(document_keys(fields), 1)))
+        return shards
+
+    @staticmethod
+    def by_day(day: str, counts: dict[str, int]) -> dict[DayShard, dict[tuple[str, str], int]]:
+        """*counts* ``{entity key: n}`` on *day*, as a plan's shards: ``{DayShard: {(key, ""): n}}``."""
+        bucket: dict[tuple[str, str], int] = {}
+        for key, n in counts.items():
+            counted = (field_name(counted_key(key)), "")
+            bucket[counted] = bucket.get(counted, 0) + n
+        return {DayShard(day): {key: n for key, n in bucket.items() if n}}
+
+    def of_source(self, client, source: str, collection: str = SHARDS_COLLECTION):
+        """The collection of *source*'s shard documents (or of its day shards)."""
+        return client.collection(self.collection).document(document_id(source)).collection(collection)
 
     def add_writes(self, client, writes, plan: ShardPlan, first_sub: int) -> None:
         """The shard documents' increments of *plan*, into *writes* (a batch or a transaction)."""
         for source, shard, sub, counts in plan.documents(self.subshards, first_sub):
+            if isinstance(shard, DayShard):
+                writes.set(self.of_source(client, source, DAY_SHARDS_COLLECTION).document(f"{shard.day}-{sub}"),
+                           {"day": shard.day, "updated_at": SERVER_TIMESTAMP,
+                            COUNTS_FIELD: {key: Increment(n) for (key, _), n in counts.items()}}, merge=True)
+                continue
             nested: dict[str, dict[str, Increment]] = {}
             for (text, label), n in counts.items():
                 nested.setdefault(text, {})[label] = Increment(n)

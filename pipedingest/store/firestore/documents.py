@@ -1,8 +1,9 @@
 """An article's Firestore document: the write on its way, its size, the token, and the document read back.
 
-Each document carries ``sort_at`` (:data:`SORT_FIELD`), what queries order it by, and a private ``_ingest_token`` (:data:`TOKEN_FIELD`) unique to
-the put (or replace) that wrote it last, so that a write whose answer was lost can
-recognise its own document; readers drop it.
+Each document carries ``sort_at`` (:data:`SORT_FIELD`), what queries order it by,
+and a private ``_ingest_token`` (:data:`TOKEN_FIELD`) unique to the put (or replace)
+that wrote it last, so that a write whose answer was lost can recognise its own
+document; readers drop both.
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
+from pipedingest.article import document_keys
 from pipedingest.store.base import (
     PermanentStoreError,
     StoreError,
@@ -31,7 +32,7 @@ from pipedingest.store.base import (
     model_of,
 )
 from pipedingest.store.firestore.client import describe, is_transient
-from pipedingest.store.firestore.counters import CounterShards, ShardPlan, shard_write_size
+from pipedingest.store.firestore.counters import CounterShards, DayShard, ShardPlan, shard_write_size
 from pipedingest.store.firestore.documents import SORT_FIELD, TOKEN_FIELD, Pending, sort_text
 
 log = Logger()
@@ -119,23 +120,18 @@ class Replacer:
                 return replacement.outcome, replacement.counters  # an attempt whose answer was lost landed
             if stored is not None and model_of(stored) == model_of(item.fields):
                 return "unchanged", None
+            ingested_at = (stored or {}).get("ingested_at") or firestore.SERVER_TIMESTAMP
+            fields = dict(item.fields, ingested_at=ingested_at, **{TOKEN_FIELD: item.token})
+            if stored is not None and not item.fields.get("published_at"):
+                fields[SORT_FIELD] = sort_text(stored) or fields[SORT_FIELD]
             counters = self.counters.plan()
             if self.counting:
-                old_tally = entity_tally(stored.get("entities")) if stored is not None else {}
-                changes = counter_changes(stored.get("source") if stored is not None else item.source, old_tally,
-                                          item.source, entity_tally(item.fields.get("entities")))
-                for source, tally in changes.items():
-                    counters.add_counts(source, self.counters.by_shard(tally),
-                                        shard_write_size(self.path_bytes, source))
+                self._plan_changes(counters, stored, fields)
             size = item.article_size + counters.bytes
             if size > self.max_batch_bytes:
                 raise PermanentStoreError(f"replacing article {item.article_id!r} needs about {size} request "
                                           f"bytes, more than max_batch_bytes={self.max_batch_bytes}",
                                           item.article_id)
-            ingested_at = (stored or {}).get("ingested_at") or firestore.SERVER_TIMESTAMP
-            fields = dict(item.fields, ingested_at=ingested_at, **{TOKEN_FIELD: item.token})
-            if stored is not None and not item.fields.get("published_at"):
-                fields[SORT_FIELD] = sort_text(stored) or fields[SORT_FIELD]
             transaction.set(reference, fields)
             self.counters.add_writes(client, transaction, counters, first_sub)
             replacement.outcome = "created" if stored is None else "replaced"
@@ -153,6 +149,28 @@ class Replacer:
             if cause is error:
                 raise
             raise cause from None
+
+    def _plan_changes(self, counters: ShardPlan, stored: dict | None, fields: dict) -> None:
+        """Into *counters*: what replacing the *stored* document (None: absent) by *fields* changes in the
+        entity shards and the day buckets.  A stored document without ``sort_at`` was written before day
+        buckets existed and was never counted in one: nothing is taken off a day for it."""
+        source = fields["source"]
+        old_source = stored.get("source") if stored is not None else source
+        old_tally = entity_tally(stored.get("entities")) if stored is not None else {}
+        for changed, tally in counter_changes(old_source, old_tally, source,
+                                              entity_tally(fields.get("entities"))).items():
+            counters.add_counts(changed, self.counters.by_shard(tally), shard_write_size(self.path_bytes, changed))
+        days: dict[tuple[str, str], dict[str, int]] = {}
+        if stored is not None and isinstance(stored.get(SORT_FIELD), str):
+            for key in document_keys(stored):
+                days.setdefault((old_source, stored[SORT_FIELD][:10]), {})[key] = -1
+        for key in document_keys(fields):
+            bucket = days.setdefault((source, fields[SORT_FIELD][:10]), {})
+            bucket[key] = bucket.get(key, 0) + 1
+        for (changed, day), keys in days.items():
+            bucket = self.counters.by_day(day, keys)
+            if bucket[DayShard(day)]:
+                counters.add_counts(changed, bucket, shard_write_size(self.path_bytes, changed))
 
     def _written_by(self, reference, token: str) -> bool:
         """Does the document carry *token*: did a transaction whose answer was lost land?  False when
@@ -240,6 +258,7 @@ class Replaces:
                 if counters is not None:
                     self._stats["commits"] += 1
                     self._stats["counter_writes"] += counters.writes
+                    self._stats["day_writes"] += counters.day_writes
                     self._stats["counter_increments"] += counters.increments
                 return outcome
         finally:
