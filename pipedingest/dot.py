@@ -204,6 +204,8 @@ def _values(value, depth: int = 0) -> Iterator:
         for item in value:
             yield item
             yield from _values(item, depth + 1)
+    elif type(value).__module__.startswith("pipedingest.processors.") and hasattr(value, "__dict__"):
+        yield from _values(vars(value), depth + 1)  # a processor's helper (KnownLabels) holding references
 
 
 def _step_id(pipeline: str, kind: str, number: int) -> str:

@@ -17,7 +17,7 @@ Firestore takes ``project`` (default ``$GOOGLE_CLOUD_PROJECT``, else the project
 Application Default Credentials, found when the store starts), ``database`` (default
 ``(default)``), ``collection``,
 ``entity_counters``, ``counters_collection``, ``counter_shards``, ``counter_subshards``,
-``max_field_transforms``, ``threads``, ``batch_window``,
+``max_field_transforms``, ``rollup_interval``, ``threads``, ``batch_window``,
 ``max_batch_writes``, ``max_batch_bytes``, ``max_concurrent_commits``,
 ``rpc_timeout``, ``retry_initial``, ``retry_maximum``, ``retry_deadline`` and
 ``max_document_bytes``; it honours ``FIRESTORE_EMULATOR_HOST``.
@@ -60,7 +60,9 @@ KINDS = {
         "counter_subshards": Option(int, 8, "documents per shard that commits pick among (write rate)",
                                     minimum=1, maximum=64),
         "max_field_transforms": Option(int, 500, "increments on one document per commit (Firestore: 500)",
-                                       minimum=1, maximum=500),
+                                       minimum=2, maximum=500),
+        "rollup_interval": Option(float, 10.0, "seconds between roll-ups of the day buckets (entity counts per "
+                                  "day are complete to the last one)", above=0),
         "threads": Option(int, 4, "the store's own thread pool size", minimum=1),
         "batch_window": Option(float, 0.05, "seconds a write waits for others to share its commit", minimum=0),
         "max_batch_writes": Option(int, 500, "writes per commit (at most 500)", minimum=1, maximum=500),
