@@ -10,6 +10,7 @@ batch: that item's own status), so nothing is stored without a 2xx.
 """
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import sqlite3
@@ -29,7 +30,11 @@ OVERRIDES = ("web.main.read_timeout=1", "web.main.idle_timeout=5")
 
 # Weighted by repetition: most requests go where the work is.
 ROUTES = ["/articles"] * 8 + ["/articles/batch"] * 4 + ["/entities"] * 2 + [
-    "/articles/x", "/", "/status", "/health", "/ready", "/_status/articles", "/nowhere", "/articles/batch/extra"]
+    "/articles/x", "/", "/status", "/health", "/ready", "/_status/articles", "/nowhere", "/articles/batch/extra",
+    "/sources/wire/entities", "/sources/%ff%fe/entities", "/entities/apple/timeline", "/entities/Apple%7CORG/timeline",
+    "/entities/%ed%a0%80/timeline", "/entities/x/timeline/extra"]
+#: The query arguments of the read routes (and n=, which no route of conf/dev.yaml takes: 400 naming it).
+QUERY_NAMES = ["limit", "source", "n", "entity", "label", "since", "until", "cursor", "bucket"]
 METHODS = ["POST"] * 10 + ["GET", "GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW"]
 CONTENT_TYPES = ["application/json"] * 6 + ["application/x-ndjson"] * 3 + [
     "text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1",
@@ -56,6 +61,15 @@ text_values = st.one_of(
     st.text(alphabet=st.one_of(st.characters(), surrogates), max_size=20),
     st.sampled_from(["Apple hired Tim Cook in California.", "Paris", " ", "", "\u2028", "\u0085", "a/b", "__x__",
                      "x" * 1600, "Oslo \ud800 Lima", "\ufeff"]),
+)
+#: Hostile values of query arguments: bytes, dates and limits at and past their edges, forged cursors.
+query_values = st.one_of(
+    st.binary(max_size=8).map(quote_from_bytes),
+    st.sampled_from(["2017-02-07", "2017/2/7 9:30", "0000-00-00", "9999-12-31T23:59:59Z", "2017-02-30", "-1", "0",
+                     "1001", "1e3", "ORG", "org", "PERSON%0A", "day", "week", "%00", "Apple%7CORG", "+", "%2B1"]),
+    st.lists(st.one_of(st.text(max_size=30), st.integers(), st.none()), max_size=3).map(
+        lambda position: base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")),
+    st.sampled_from(["WyIyMDE3LTAyLTA3VDA5OjMwOjAwLjAwMDAwMFoiLCIuLiJd", "W10", "e30", "!!!", "x" * 3000]),
 )
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), text_values)
 json_values = st.recursive(json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -139,9 +153,9 @@ def requests(draw):
         return draw(well_formed())
     method = draw(st.sampled_from(METHODS))
     path = draw(st.sampled_from(ROUTES))
-    if draw(st.integers(0, 3)) == 0:  # n= is a parameter no route of conf/dev.yaml takes: 400 naming it
-        path += "?" + draw(st.sampled_from(["limit=", "source=", "n="])) + quote_from_bytes(
-            draw(st.binary(max_size=8)))
+    if draw(st.integers(0, 3)) == 0:
+        path += "?" + "&".join(f"{name}={draw(query_values)}"
+                               for name in draw(st.lists(st.sampled_from(QUERY_NAMES), min_size=1, max_size=4)))
     oversize = draw(st.sampled_from([None] * 14 + ["line"] + [None] * 14 + ["header"]))  # 414, 431: past 16 KiB
     if oversize == "line":
         path += ("&" if "?" in path else "?") + "limit=" + "9" * 20_000

@@ -18,6 +18,11 @@ EXAMPLES = int(os.environ.get("PIPEDINGEST_FUZZ_EXAMPLES", "300"))
 #: 414 and 431 paths are exercised and judged like every other answer.
 OVERSIZE_LINE = ("GET /articles oversize line",
                  b"GET /articles?limit=" + b"9" * 20_000 + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+#: Hostile reads, always sent besides the drawn ones: a forged cursor, a date, a limit, a bucket, a label.
+HOSTILE_READS = [("GET " + target, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                 for target in ("/articles?entity=apple&cursor=WyIyMDE3LTAyLTA3VDA5OjMwOjAwLjAwMDAwMFoiLCIuLiJd",
+                                "/articles?since=2017-02-30", "/sources/wire/entities?limit=100000",
+                                "/entities/apple/timeline?bucket=week", "/articles?entity=x&label=%00")]
 OVERSIZE_HEADER = ("GET /articles oversize header",
                    b"GET /articles HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"p" * 20_000
                    + b"\r\nConnection: close\r\n\r\n")
@@ -46,11 +51,18 @@ def test_every_fuzzed_request_gets_a_prompt_json_answer_and_nothing_is_stored_wi
     @given(requests())
     @example(OVERSIZE_LINE)
     @example(OVERSIZE_HEADER)
+    @example(HOSTILE_READS[0])
+    @example(HOSTILE_READS[1])
+    @example(HOSTILE_READS[2])
+    @example(HOSTILE_READS[3])
+    @example(HOSTILE_READS[4])
     def one(request):
         kind, wire = request
         sent = send(daemon.port, wire, kind)
         tally.add(sent)
         assert not sent.problem, (sent.problem, kind, wire[:300], sent.status, sent.body[:300])
+        if request in HOSTILE_READS:
+            assert sent.status == 400, (kind, sent.status, sent.body[:300])
         assert daemon.process.poll() is None, daemon.output[-3000:]
 
     one()
