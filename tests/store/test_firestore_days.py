@@ -156,12 +156,28 @@ async def test_a_top_n_reads_one_document_per_day_whatever_the_shards(firestore_
     assert total["london"] == total["london|GPE"] == 40
 
 
-def _day_shards(project):
+def _day_shards(project, key="london"):
     client = gcf.Client(project=project)
     shards = client.collection("sources").document("wire").collection("entity_day_shards").stream()
-    return {shard.id: shard.to_dict()["counts"]["london"] for shard in shards}
+    return {shard.id: shard.to_dict()["counts"][key] for shard in shards}
 
 
 def _total(project, day):
     client = gcf.Client(project=project)
     return client.collection(DAYS_COLLECTION).document(day).get().to_dict()["counts"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replace_takes_nothing_off_a_day_for_an_article_never_counted_in_one(firestore_stores, make_article):
+    """Stored by a store without counters (or before day buckets existed): nothing was added, nothing is taken."""
+    plain = firestore_stores(batch_window=0)
+    assert await plain.put(make_article(1, published_at="2017-02-01T10:00:00.000000Z",
+                                        entities=entities(("Ada Lovelace", "PERSON")))) is True
+    counting = firestore_stores(entity_counters=True, batch_window=0)
+    assert await counting.replace(make_article(1, published_at="2017-02-01T10:00:00.000000Z", model=NEW_MODEL,
+                                               entities=entities(("Ada Lovelace", "PERSON")))) == "replaced"
+    await counting.roll_up()
+    assert (await counting.timeline("ada lovelace", "wire", "2017-02-01", "2017-02-02"))["days"] == {"2017-02-01": 1}
+    shards = await threads.deferToThread(_day_shards, counting.project, "ada lovelace")
+    assert sorted(shards.values()) == [1]  # one increment, no -1 left anywhere
+    assert "_days_counted" not in await counting.get("article-1")

@@ -20,6 +20,10 @@ TOKEN_FIELD = "_ingest_token"
 #: The text a document sorts by in queries: ``published_at``, else the store's time when it was first stored
 #: (fixed-width UTC, as in SQLite's index table); readers drop it.
 SORT_FIELD = "sort_at"
+#: A private field set on a document whose entity keys were added to a day bucket (see ``counters.py``): a
+#: replace takes them off that day again only then, never for a document stored before day buckets existed,
+#: or by a store that kept no counters.
+DAYS_COUNTED_FIELD = "_days_counted"
 
 
 def wire_size(value) -> int:
@@ -84,4 +88,5 @@ def stored(snapshot) -> dict:
     data = snapshot.to_dict() or {}
     data.pop(TOKEN_FIELD, None)
     data.pop(SORT_FIELD, None)
+    data.pop(DAYS_COUNTED_FIELD, None)
     return jsonable({"id": snapshot.id, **data})

@@ -33,7 +33,7 @@ from pipedingest.store.base import (
 )
 from pipedingest.store.firestore.client import describe, is_transient
 from pipedingest.store.firestore.counters import CounterShards, DayShard, ShardPlan, shard_write_size
-from pipedingest.store.firestore.documents import SORT_FIELD, TOKEN_FIELD, Pending, sort_text
+from pipedingest.store.firestore.documents import DAYS_COUNTED_FIELD, SORT_FIELD, TOKEN_FIELD, Pending, sort_text
 
 log = Logger()
 
@@ -152,8 +152,9 @@ class Replacer:
 
     def _plan_changes(self, counters: ShardPlan, stored: dict | None, fields: dict) -> None:
         """Into *counters*: what replacing the *stored* document (None: absent) by *fields* changes in the
-        entity shards and the day buckets.  A stored document without ``sort_at`` was written before day
-        buckets existed and was never counted in one: nothing is taken off a day for it."""
+        entity shards and the day buckets.  Only a stored document marked ``_days_counted`` was added to a day
+        bucket (not one stored before day buckets existed, or by a store without counters): only its keys are
+        taken off its day."""
         source = fields["source"]
         old_source = stored.get("source") if stored is not None else source
         old_tally = entity_tally(stored.get("entities")) if stored is not None else {}
@@ -161,7 +162,7 @@ class Replacer:
                                               entity_tally(fields.get("entities"))).items():
             counters.add_counts(changed, self.counters.by_shard(tally), shard_write_size(self.path_bytes, changed))
         days: dict[tuple[str, str], dict[str, int]] = {}
-        if stored is not None and isinstance(stored.get(SORT_FIELD), str):
+        if stored is not None and stored.get(DAYS_COUNTED_FIELD) and isinstance(stored.get(SORT_FIELD), str):
             for key in document_keys(stored):
                 days.setdefault((old_source, stored[SORT_FIELD][:10]), {})[key] = -1
         for key in document_keys(fields):
