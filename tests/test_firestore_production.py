@@ -8,6 +8,7 @@ cannot be provoked, so those answers are checked where they are told apart (``ac
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import urllib.error
@@ -21,11 +22,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials
 from google.auth.transport.grpc import AuthMetadataPlugin
 from google.auth.transport.requests import Request
 from google.cloud import firestore as gcf
 from google.cloud.firestore_v1.services.firestore import FirestoreClient
 from google.cloud.firestore_v1.services.firestore.transports.grpc import FirestoreGrpcTransport
+from google.cloud.firestore_v1.types import StructuredQuery
 from google.oauth2 import service_account
 from twisted.internet import reactor, task
 
@@ -42,6 +45,7 @@ from pipedingest.store.firestore import (
     FirestoreStore,
     access_problem,
 )
+from pipedingest.store.firestore import queries
 from tests.conftest import PROD, ROOT, config_errors
 from tests.twistd_process import Daemon, twistd
 
@@ -381,9 +385,71 @@ async def test_the_index_overrides_name_the_large_fields_the_stored_documents_re
     assert large == {"body", "entities", "entity_keys"} and large - {"entity_keys"} <= named
     assert "entity_keys" not in named
     indexed = {field["fieldPath"] for index in spec["indexes"] for field in index["fields"]}
-    assert indexed == {"source", "ingested_at"} and indexed <= set(stored) and not indexed & named
+    assert indexed == {"source", "ingested_at", "entity_keys", "sort_at"} and indexed <= set(stored)
+    assert not indexed & named
     assert {index["collectionGroup"] for index in spec["indexes"]} == {articles.collection}
 
     assert {field for group, field in exempt if group == SHARDS_COLLECTION} == {COUNTS_FIELD}
     assert shards and all(set(shard) == {COUNTS_FIELD} for shard in shards)
     assert {group for group, _ in exempt} == {articles.collection, SHARDS_COLLECTION}
+
+
+def needed_index(query) -> tuple | None:
+    """``(equality and array-contains fields, ordered fields)`` of the composite index Firestore needs for *query*,
+    read from the request the client would send: the fields it filters by equality or array-contains (in any
+    order), then those it orders by (``__name__`` last, left out when in the direction of the field before it, as
+    index definitions leave it); None when a single field's automatic index serves it."""
+    structured = query._to_protobuf()
+    where = structured.where
+    filters = ([f.field_filter for f in where.composite_filter.filters] if "composite_filter" in where
+               else [where.field_filter] if "field_filter" in where else [])
+    operator = StructuredQuery.FieldFilter.Operator
+    prefix = frozenset((f.field.field_path, "CONTAINS" if f.op == operator.ARRAY_CONTAINS else "EQUAL")
+                       for f in filters if f.op in (operator.EQUAL, operator.ARRAY_CONTAINS))
+    orders = [(order.field.field_path, order.direction.name) for order in structured.order_by]
+    if len(orders) > 1 and orders[-1][0] == "__name__" and orders[-1][1] == orders[-2][1]:
+        orders = orders[:-1]
+    if not prefix and len(orders) <= 1:
+        return None
+    return prefix, tuple(orders)
+
+
+def serves(entry: dict, index: tuple) -> bool:
+    """Does the ``firestore.indexes.json`` *entry* serve *index* (see :func:`needed_index`)?"""
+    prefix, orders = index
+    fields = entry["fields"]
+    if len(fields) != len(prefix) + len(orders):
+        return False
+    head = {(f["fieldPath"], "CONTAINS" if f.get("arrayConfig") == "CONTAINS" else "EQUAL")
+            for f in fields[:len(prefix)]}
+    tail = tuple((f["fieldPath"], f.get("order")) for f in fields[len(prefix):])
+    return head == prefix and tail == orders
+
+
+def test_the_index_file_serves_every_query_the_store_can_send():
+    """Every combination of the arguments of ``store.query`` builds the request ``queries.py`` sends; the index
+    that request needs is shipped, and is the one a 'missing index' error names."""
+    with open(INDEXES, encoding="utf-8") as stream:
+        shipped = json.load(stream)["indexes"]
+    collection = build_daemon(load_config(PROD, environ=dict(os.environ, INGEST_TOKEN="x"))).runtime.get(
+        "store.articles").collection
+    client = gcf.Client(project="p", credentials=AnonymousCredentials())
+    needed = set()
+    try:
+        for key, source, since, until, after in itertools.product([False, True], repeat=5):
+            arguments = ("apple|ORG" if key else "", "wire" if source else None,
+                         "2017-01-01T00:00:00.000000Z" if since else None,
+                         "2018-01-01T00:00:00.000000Z" if until else None, 20,
+                         ("2017-06-01T00:00:00.000000Z", "a-1") if after else None)
+            index = needed_index(queries.build(client, collection, *arguments))
+            named = queries.index_for(collection, arguments[0], arguments[1])
+            if index is None:
+                assert named is None, arguments
+                continue
+            needed.add(index)
+            assert named is not None and serves(named.as_json(), index), (arguments, named)
+            assert [entry for entry in shipped if entry["collectionGroup"] == collection and serves(entry, index)], \
+                f"no index in {INDEXES} serves {named.describe()}"
+    finally:
+        client.close()
+    assert len(needed) == 3  # with an entity, a source, or both; every article of every source needs none

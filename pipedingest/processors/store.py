@@ -21,6 +21,7 @@ from pipedingest.engine.processor import InputOutputProcessor, IProcessor, Optio
 from pipedingest.providers.ner import SINGLE_POOL
 from pipedingest.store.base import (
     DocumentTooLarge,
+    IndexMissing,
     InvalidArticle,
     PermanentStoreError,
     QueryUnsupported,
@@ -41,6 +42,10 @@ def store_reference(step, name: str):
 
 def store_failed(failure):
     """The HTTP answer for a store failure."""
+    if failure.check(IndexMissing):  # the body names the index too, for scripts that deploy what is missing
+        missing = failure.value
+        index = {"collection": missing.collection, "fields": missing.fields} if missing.fields else None
+        raise WebError(501, missing.message, index=index, create_link=missing.link)
     if failure.check(QueryUnsupported):
         raise WebError(501, failure.value.message)
     if failure.check(DocumentTooLarge):

@@ -106,6 +106,21 @@ class QueryUnsupported(PermanentStoreError):
     """This store cannot answer that query (yet): HTTP 501."""
 
 
+class IndexMissing(QueryUnsupported):
+    """The database lacks the index this query needs (Firestore's composite indexes): HTTP 501, naming it.
+
+    Not a server fault to retry: the query fails until an operator deploys the index, so the error says
+    which one (*collection*, *fields* in order, ``__name__`` included) and carries Firestore's *link* to create
+    it, when Firestore gave one.
+    """
+
+    def __init__(self, message: str, collection: str | None, fields: list[str], link: str | None = None):
+        super().__init__(message)
+        self.collection = collection
+        self.fields = fields
+        self.link = link
+
+
 class StoreUnavailable(StoreError):
     """The store is not running, or kept failing transiently past the retry deadline; try later (503)."""
 

@@ -11,7 +11,11 @@ anonymous credentials.
 The package, one seam a module:
 
 * ``store.py``: :class:`FirestoreStore`, the service: settings, start and stop, the
-  client it holds, reads (``get``, ``recent``, ``entity_counters``) and ``state()``.
+  client it holds, reads (``get``, ``recent``, ``query``, ``entity_counters``) and ``state()``.
+* ``queries.py``: articles by entity: the query, the composite index each shape of it
+  needs, and a missing index named (``IndexMissing``).
+* ``backfill.py``: the walk that gives ``sort_at`` to articles stored before it existed,
+  once, in the background after the store opens.
 * ``client.py``: creating the client (emulator or Application Default Credentials,
   project and database), and what its errors mean (transient, credentials).
 * ``access.py``: a credentials problem, reported by ``/ready`` and each call, and the

@@ -8,11 +8,14 @@ does not start.  Credentials that fail are watched by ``access.py``; puts go
 through ``commits.py``, replaces through ``replace.py``, counters are kept as
 ``counters.py`` says.
 
-**Reads** (``get``, ``recent``, ``entity_counters``) make one attempt; a transient
-failure is a :class:`StoreUnavailable` the caller may retry.  ``recent`` with a
-``source`` needs a composite index in production: ``source`` ascending,
+**Reads** (``get``, ``recent``, ``query``, ``entity_counters``) make one attempt; a
+transient failure is a :class:`StoreUnavailable` the caller may retry.  ``recent`` with
+a ``source`` needs a composite index in production: ``source`` ascending,
 ``ingested_at`` descending, on the collection.  Documents committed together share
-their server timestamp; ``recent`` then orders them by id.
+their server timestamp; ``recent`` then orders them by id.  ``query`` (articles by
+entity) is ``queries.py``'s, with the indexes it needs; once open, the store gives
+``sort_at`` to the articles stored before it existed, in the background
+(``backfill.py``), so that queries find them.
 """
 from __future__ import annotations
 
@@ -43,7 +46,9 @@ from pipedingest.store.base import (
     check_limit,
     iso_utc,
 )
+from pipedingest.store.firestore import queries
 from pipedingest.store.firestore.access import ACCESS_CHECK_ID, AccessWatch
+from pipedingest.store.firestore.backfill import SortBackfill, Walk
 from pipedingest.store.firestore.backoff import Backoff
 from pipedingest.store.firestore.client import (
     DATABASE_ID,
@@ -165,6 +170,9 @@ class FirestoreStore(ThreadedStore):
             queued=self.commits.holds, ended=self._replace_ended, clock=self._clock, random=self._random)
         self._flushed = WhenIdle(lambda: not self.commits.queued and not self.commits.running
                                  and not self.replaces.running)
+        self.backfill = SortBackfill(Walk(collection, rpc_timeout, max_batch_bytes), self._client, self.in_thread,
+                                     running=lambda: bool(self.running), name=lambda: self.name,
+                                     problem_of=self.access.problem_of)
 
     @property
     def batch_window(self) -> float:
@@ -212,6 +220,7 @@ class FirestoreStore(ThreadedStore):
             self.access.failed(self.access.problem_of(error))
         elif not self.on_emulator():
             self.access.check()
+        self.backfill.start()
 
     def _open_failed(self, failure):
         Service.stopService(self)
@@ -220,6 +229,7 @@ class FirestoreStore(ThreadedStore):
 
     def stopService(self):
         self.access.stop()
+        self.backfill.stop()
         return super().stopService()
 
     # -- the client, in the pool's threads ------------------------------------
@@ -323,6 +333,18 @@ class FirestoreStore(ThreadedStore):
                  .order_by("__name__", direction=firestore.Query.DESCENDING).limit(limit))
         return [stored(snapshot) for snapshot in query.stream(retry=None, timeout=self.rpc_timeout)]
 
+    def query(self, key="", source=None, since=None, until=None, limit=20, after=None):
+        try:
+            check_limit(limit)
+        except ValueError:
+            return fail()
+        return self._read(self._query, key, source, since, until, limit, after)
+
+    def _query(self, key, source, since, until, limit, after):
+        """One page of articles by entity (see ``queries.py``): ``limit + 1`` documents read."""
+        return queries.run(self._client(), self.collection, self.database, self.rpc_timeout, key, source, since,
+                           until, limit, after)
+
     def entity_counters(self, source):
         return self._read(self._entity_counters, source)
 
@@ -333,6 +355,7 @@ class FirestoreStore(ThreadedStore):
     def _read(self, function, *args):
         def answered(result):
             self.access.ok()
+            self.backfill.resume()  # a paused walk goes on once Firestore answers again
             return result
 
         def translate(failure):
@@ -370,4 +393,5 @@ class FirestoreStore(ThreadedStore):
             "counters": {"enabled": self.entity_counters_enabled, "shards": self.counter_shards,
                          "subshards": self.counter_subshards, "max_field_transforms": self.max_field_transforms},
             "threads": self.thread_state(),
+            "backfill": self.backfill.state(),
         }
