@@ -330,25 +330,25 @@ async def test_one_flush_sums_its_articles_counts_into_one_write_per_shard_docum
 @pytest_twisted.ensureDeferred
 async def test_the_cutter_keeps_every_document_within_its_transform_limit(
         firestore_stores, make_article, monkeypatch):
-    """One shard, 25 transforms per document and commit: 100 articles of 100 entities (200 day-bucket keys)
-    need 4 commits."""
+    """One shard, 62 transforms per document and commit: 100 articles of 100 entities (200 day-bucket keys)
+    need 2 commits."""
     commits = record_commits(monkeypatch)
     clock = task.Clock()
     store = firestore_stores(clock=clock, entity_counters=True, counter_shards=1, counter_subshards=3,
-                             max_field_transforms=25, max_batch_writes=402, max_concurrent_commits=1)
+                             max_field_transforms=62, max_batch_writes=500, max_concurrent_commits=1)
     puts = [store.put(make_article(n, entities=entities([f"Own {n}.{k}" for k in range(90)]
                                                           + [f"Shared {k}" for k in range(10)])))
             for n in range(100)]
     clock.advance(1)
     assert await defer.gatherResults(puts) == [True] * 100
-    # n articles hold 10 + 90 n distinct entities, 25 to a document, and 20 + 180 n day-bucket keys, 24 to a
-    # document (its updated_at is the 25th transform): n + ceil((10 + 90 n) / 25) + ceil((20 + 180 n) / 24)
-    # <= 402 for n <= 33.
-    assert [len(writes) for writes in commits] == [33 + 120 + 249] * 3 + [1 + 4 + 9]
+    # n articles hold 10 + 90 n distinct entities, 62 to a document, and 20 + 180 n day-bucket keys, 61 to a
+    # document (its updated_at is the 62nd transform): n + ceil((10 + 90 n) / 62) + ceil((20 + 180 n) / 61)
+    # <= 500 for n <= 92.
+    assert [len(writes) for writes in commits] == [92 + 134 + 272, 8 + 12 + 24]
     for writes in commits:
         counted, days = shard_writes(writes), day_writes(writes)
-        assert all(len(fields) <= 25 for fields in counted.values())
-        assert all(len(fields) <= 24 for fields in days.values())
+        assert all(len(fields) <= 62 for fields in counted.values())
+        assert all(len(fields) <= 61 for fields in days.values())
         assert len(counted) + len(days) == len(writes) - sum(1 for write in writes if "/articles/" in write.update.name)
     counters = await store.entity_counters("wire")
     assert len(counters) == 100 * 90 + 10
@@ -400,9 +400,12 @@ async def test_changing_the_shard_count_keeps_the_sums(firestore_stores, make_ar
 
 
 def test_max_batch_writes_must_hold_the_largest_articles_counters():
-    with pytest.raises(ValueError, match="too small for the entity counters.* may need 85 writes"):
-        FirestoreStore(project="p", entity_counters=True, max_batch_writes=84)
-    FirestoreStore(project="p", entity_counters=True, max_batch_writes=85)
+    # 1 article + 64 entity shards + 10,000 entities / 500 + 20,000 day-bucket keys / 499
+    with pytest.raises(ValueError, match="too small for the entity counters.* may need 126 writes"):
+        FirestoreStore(project="p", entity_counters=True, max_batch_writes=125)
+    FirestoreStore(project="p", entity_counters=True, max_batch_writes=126)
+    with pytest.raises(ValueError, match="max_field_transforms must be at least 2"):
+        FirestoreStore(project="p", entity_counters=True, counter_shards=1, max_field_transforms=1)
     FirestoreStore(project="p", max_batch_writes=1)
     with pytest.raises(ValueError, match="max_field_transforms"):
         FirestoreStore(project="p", max_field_transforms=501)

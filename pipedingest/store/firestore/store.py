@@ -15,7 +15,10 @@ a ``source`` needs a composite index in production: ``source`` ascending,
 their server timestamp; ``recent`` then orders them by id.  ``query`` (articles by
 entity) is ``queries.py``'s, with the indexes it needs; once open, the store gives
 ``sort_at`` to the articles stored before it existed, in the background
-(``backfill.py``), so that queries find them.
+(``backfill.py``), so that queries find them.  With ``entity_counters``, commits also
+count each article's keys in day buckets, which a tick rolls up every ``rollup_interval``
+seconds for ``top_entities`` and ``timeline`` (``days.py``); ``state()["reads"]`` counts
+the documents those two read.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import os
 import random as _random
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
@@ -35,6 +38,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pipedingest.article import MAX_DISTINCT_ENTITIES
+from pipedingest.dates import days_between
 from pipedingest.idle import WhenIdle
 from pipedingest.store.base import (
     MAX_DOCUMENT_BYTES,
@@ -60,7 +64,8 @@ from pipedingest.store.firestore.client import (
 )
 from pipedingest.store.firestore.commits import BatchWriter, Commits
 from pipedingest.store.firestore.counters import MAX_FIELD_TRANSFORMS, CounterShards
-from pipedingest.store.firestore.documents import SORT_FIELD, Pending, stored
+from pipedingest.store.firestore.days import DayCounts, DayRollup
+from pipedingest.store.firestore.documents import DAYS_COUNTED_FIELD, SORT_FIELD, Pending, stored
 from pipedingest.store.firestore.replace import Replacer, Replaces, Turns
 
 log = Logger()
@@ -103,9 +108,10 @@ class FirestoreStore(ThreadedStore):
                  counter_shards: int = 64, counter_subshards: int = 8,
                  max_field_transforms: int = MAX_FIELD_TRANSFORMS, threads: int = 4,
                  batch_window: float = 0.05, max_batch_writes: int = 500,
-                 max_batch_bytes: int = 3 * 1024 * 1024, max_concurrent_commits: int = 2,
+                 max_batch_bytes: int = 3_932_160, max_concurrent_commits: int = 2,
                  rpc_timeout: float = 30.0, retry_initial: float = 0.1, retry_maximum: float = 5.0,
                  retry_deadline: float = 60.0, max_document_bytes: int = MAX_DOCUMENT_BYTES,
+                 rollup_interval: float = 10.0,
                  reactor=None, clock=None, random: _random.Random | None = None):
         if max_concurrent_commits < 1 or threads < 1:
             raise ValueError("threads and max_concurrent_commits must be at least 1")
@@ -121,12 +127,18 @@ class FirestoreStore(ThreadedStore):
         if not 1 <= max_field_transforms <= MAX_FIELD_TRANSFORMS:
             raise ValueError(f"max_field_transforms must be from 1 to {MAX_FIELD_TRANSFORMS}, "
                              f"not {max_field_transforms}")
-        most = 1 + counter_shards + math.ceil(MAX_DISTINCT_ENTITIES / max_field_transforms)
+        if entity_counters and max_field_transforms < 2:
+            raise ValueError("max_field_transforms must be at least 2 with entity counters (a day bucket's "
+                             "updated_at takes one)")
+        # the article, its entity shards, and its keys (each entity alone and with its label) in a day bucket
+        most = (1 + counter_shards + math.ceil(MAX_DISTINCT_ENTITIES / max_field_transforms)
+                + math.ceil(2 * MAX_DISTINCT_ENTITIES / max(1, max_field_transforms - 1)))
         if entity_counters and most > max_batch_writes:
             raise ValueError(
                 f"max_batch_writes={max_batch_writes} is too small for the entity counters: an article "
                 f"with {MAX_DISTINCT_ENTITIES} distinct entities may need {most} writes "
-                f"(1 + counter_shards + {MAX_DISTINCT_ENTITIES} / max_field_transforms); "
+                f"(1 + counter_shards + {MAX_DISTINCT_ENTITIES} / max_field_transforms + the day bucket's "
+                f"{2 * MAX_DISTINCT_ENTITIES} keys / (max_field_transforms - 1)); "
                 f"raise max_batch_writes or lower counter_shards")
         super().__init__(threads=threads, reactor=reactor, clock=clock, max_document_bytes=max_document_bytes)
         #: The project: given, from the environment, or (once started) the credentials'.
@@ -153,7 +165,7 @@ class FirestoreStore(ThreadedStore):
                                f"{collection}/{counters_collection}/") + 64
         self._stats.update({"commits": 0, "retries": 0, "created": 0, "existing": 0, "replaced": 0,
                             "unchanged": 0, "conflicts": 0, "split": 0,
-                            "counter_writes": 0, "counter_increments": 0})
+                            "counter_writes": 0, "day_writes": 0, "counter_increments": 0, "reads": 0})
         self.access = AccessWatch(self.project, database, name=lambda: self.name, running=lambda: bool(self.running),
                                   read=self._read_access_check, clock=self._clock, stats=self._stats)
         backoff = Backoff(retry_initial, retry_maximum, retry_deadline, self._clock, self._random)
@@ -170,6 +182,8 @@ class FirestoreStore(ThreadedStore):
             queued=self.commits.holds, ended=self._replace_ended, clock=self._clock, random=self._random)
         self._flushed = WhenIdle(lambda: not self.commits.queued and not self.commits.running
                                  and not self.replaces.running)
+        self.days = DayCounts(counters_collection, rpc_timeout, max_document_bytes)
+        self.rollup = DayRollup(self.days, self._client, self.in_thread, rollup_interval, self._clock)
         self.backfill = SortBackfill(Walk(collection, rpc_timeout, max_batch_bytes), self._client, self.in_thread,
                                      running=lambda: bool(self.running), name=lambda: self.name,
                                      problem_of=self.access.problem_of)
@@ -221,6 +235,8 @@ class FirestoreStore(ThreadedStore):
         elif not self.on_emulator():
             self.access.check()
         self.backfill.start()
+        if self.entity_counters_enabled:
+            self.rollup.startService()
 
     def _open_failed(self, failure):
         Service.stopService(self)
@@ -228,9 +244,13 @@ class FirestoreStore(ThreadedStore):
         return failure
 
     def stopService(self):
+        """Stop the checks and walks, wait for a roll-up in progress, then stop as every store does."""
         self.access.stop()
         self.backfill.stop()
-        return super().stopService()
+        rolled = self.rollup.stopService() if self.rollup.running else None
+        if rolled is None:
+            return super().stopService()
+        return rolled.addBoth(lambda _: super(FirestoreStore, self).stopService())
 
     # -- the client, in the pool's threads ------------------------------------
 
@@ -272,8 +292,10 @@ class FirestoreStore(ThreadedStore):
         ``published_at``, else now by the store's clock (a replace keeps the stored one).
         """
         fields = dict(fields, **{SORT_FIELD: fields.get("published_at") or self._now()})
-        item = Pending(article_id, fields, self.counters.by_shard(tally), self._path_bytes,
-                       self.max_field_transforms)
+        if self.entity_counters_enabled:
+            fields[DAYS_COUNTED_FIELD] = True
+        shards = self.counters.for_article(fields, tally, fields[SORT_FIELD][:10])
+        item = Pending(article_id, fields, shards, self._path_bytes, self.max_field_transforms)
         if item.size > self.max_batch_bytes:
             raise PermanentStoreError(
                 f"article {article_id!r} needs about {item.size} request bytes, more than "
@@ -348,6 +370,35 @@ class FirestoreStore(ThreadedStore):
     def entity_counters(self, source):
         return self._read(self._entity_counters, source)
 
+    def top_entities(self, source, since, until, label=None, limit=50):
+        """See :meth:`IArticleStore.top_entities`: one rolled document read per day (``days.py``)."""
+        if not self.entity_counters_enabled:
+            return fail(self.counts_unsupported())
+        found = self._read(self._top, source, _days(since, until), label, limit)
+        return found.addCallback(self._read_side, "entities")
+
+    def timeline(self, key, source=None, since=None, until=None):
+        """See :meth:`IArticleStore.timeline`: one rolled document read (one field of it) per day."""
+        if not self.entity_counters_enabled:
+            return fail(self.counts_unsupported())
+        found = self._read(self._timeline, key, source, _days(since, until))
+        return found.addCallback(self._read_side, "days")
+
+    def roll_up(self):
+        """Roll the day buckets up now (the tick does it every ``rollup_interval``); fires when done."""
+        return self.rollup.tick()
+
+    def _top(self, *args):
+        return self.days.top(self._client(), *args)
+
+    def _timeline(self, *args):
+        return self.days.timeline(self._client(), *args)
+
+    def _read_side(self, found, name: str) -> dict:
+        answer, reads = found
+        self._stats["reads"] += reads
+        return {name: answer, "as_of": self.rollup.state()["through"]}
+
     def _entity_counters(self, source):
         """The sum of every shard document of *source* (of any S and R)."""
         return self.counters.read(self._client(), source, self.rpc_timeout, self.max_document_bytes)
@@ -390,8 +441,14 @@ class FirestoreStore(ThreadedStore):
             "largest_commit": dict(self.commits.largest),
             "batch": {"window": self.batch_window, "max_writes": self.max_batch_writes,
                       "max_bytes": self.max_batch_bytes},
+            "rollup": self.rollup.state() if self.entity_counters_enabled else None,
             "counters": {"enabled": self.entity_counters_enabled, "shards": self.counter_shards,
                          "subshards": self.counter_subshards, "max_field_transforms": self.max_field_transforms},
             "threads": self.thread_state(),
             "backfill": self.backfill.state(),
         }
+
+
+def _days(since: str, until: str) -> list[str]:
+    """The days ``YYYY-MM-DD`` from *since* (inclusive) to *until* (exclusive)."""
+    return days_between(date.fromisoformat(since), date.fromisoformat(until))
