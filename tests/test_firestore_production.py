@@ -46,6 +46,8 @@ from pipedingest.store.firestore import (
     access_problem,
 )
 from pipedingest.store.firestore import queries
+from pipedingest.store.firestore.counters import DAY_SHARDS_COLLECTION
+from pipedingest.store.firestore.days import DAYS_COLLECTION
 from tests.conftest import PROD, ROOT, config_errors
 from tests.twistd_process import Daemon, twistd
 
@@ -367,13 +369,17 @@ async def test_the_index_overrides_name_the_large_fields_the_stored_documents_re
                    "entity_keys": sorted({f"person {n}" for n in range(300)} | {f"person {n}|PERSON" for n in range(300)})}
         assert set(article) - {"id"} == set(STORED_FIELDS)
         assert await store.put(article) is True
+        await store.roll_up()
     finally:
         await store.stopService()
     client = gcf.Client(project=firestore.project)
     try:
         stored = client.collection(articles.collection).document("large").get().to_dict()
-        shards = [snapshot.to_dict() for snapshot in
-                  client.collection("sources").document("wire").collection(SHARDS_COLLECTION).stream()]
+        source = client.collection("sources").document("wire")
+        shards = [snapshot.to_dict() for snapshot in source.collection(SHARDS_COLLECTION).stream()]
+        days = [snapshot.to_dict() for snapshot in source.collection(DAY_SHARDS_COLLECTION).stream()]
+        rolled = [snapshot.to_dict() for snapshot in source.collection(DAYS_COLLECTION).stream()]
+        rolled += [client.collection(DAYS_COLLECTION).document("2026-01-01").get().to_dict()]
     finally:
         client.close()
 
@@ -391,7 +397,17 @@ async def test_the_index_overrides_name_the_large_fields_the_stored_documents_re
 
     assert {field for group, field in exempt if group == SHARDS_COLLECTION} == {COUNTS_FIELD}
     assert shards and all(set(shard) == {COUNTS_FIELD} for shard in shards)
-    assert {group for group, _ in exempt} == {articles.collection, SHARDS_COLLECTION}
+    # the day buckets: their counts exempt too, and the two fields the roll-up's collection-group queries filter
+    # on indexed for collection groups (Firestore indexes single fields for one collection only by default)
+    assert days and all(set(shard) == {COUNTS_FIELD, "day", "updated_at"} for shard in days)
+    assert rolled and all(set(document) >= {COUNTS_FIELD, "day", "through"} for document in rolled)
+    for group in (DAY_SHARDS_COLLECTION, DAYS_COLLECTION):
+        assert {field for name, field in exempt if name == group} == {COUNTS_FIELD}
+    grouped = {(override["collectionGroup"], override["fieldPath"]) for override in spec["fieldOverrides"]
+               if {"order": "ASCENDING", "queryScope": "COLLECTION_GROUP"} in override["indexes"]}
+    assert grouped == {(DAY_SHARDS_COLLECTION, "updated_at"), (DAYS_COLLECTION, "day")}
+    assert {group for group, _ in exempt} == {articles.collection, SHARDS_COLLECTION, DAY_SHARDS_COLLECTION,
+                                              DAYS_COLLECTION}
 
 
 def needed_index(query) -> tuple | None:
