@@ -1,6 +1,6 @@
 # The two commands a new user needs (see README.md): `make run` and `make test`.
 # Both set everything up first; scripts/bootstrap is idempotent and quick when nothing changed.
-.PHONY: run test check bench bench-languages profile fuzz config-fuzz scaleout setup dist
+.PHONY: run test check bench bench-languages bench-queries profile fuzz config-fuzz scaleout setup dist
 
 CONFIG ?= conf/dev.yaml
 
@@ -29,6 +29,11 @@ bench: setup
 bench-languages: setup
 	.venv/bin/python bench/languages.py --runs $(or $(RUNS),3)
 	.venv/bin/python bench/reextract.py --runs $(or $(RUNS),3)
+
+# The read side (issue 18): entity queries, top-50s and timelines over HTTP on 100,000 generated articles in SQLite
+# and 10,000 on the Firestore emulator; document reads per query, writes per article (docs/benchmarks.md)
+bench-queries: setup
+	.venv/bin/python bench/queries.py --rounds $(or $(ROUNDS),3)
 
 # py-spy on the reactor process and an NER child, under load and on one-word round trips
 profile: setup
