@@ -379,7 +379,7 @@ async def test_the_index_overrides_name_the_large_fields_the_stored_documents_re
         shards = [snapshot.to_dict() for snapshot in source.collection(SHARDS_COLLECTION).stream()]
         days = [snapshot.to_dict() for snapshot in source.collection(DAY_SHARDS_COLLECTION).stream()]
         rolled = [snapshot.to_dict() for snapshot in source.collection(DAYS_COLLECTION).stream()]
-        rolled += [client.collection(DAYS_COLLECTION).document("2026-01-01").get().to_dict()]
+        rolled += [client.collection(DAYS_COLLECTION).document("sources-2026-01-01").get().to_dict()]
     finally:
         client.close()
 

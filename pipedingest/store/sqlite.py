@@ -410,7 +410,9 @@ class SQLiteStore(ThreadedStore):
     def _timeline(self, key, source, since, until):
         conditions, arguments = ["key = ?"], [key]
         if source is not None:
-            conditions.append("source = ?")
+            # "+source": filter rows found by the (key, day, source) index, which the planner would otherwise
+            # pass over for the primary key, scanning every bucket of the source in the window
+            conditions.append("+source = ?")
             arguments.append(source)
         conditions, arguments = _window(conditions, arguments, since, until)
         rows = self._db().execute(

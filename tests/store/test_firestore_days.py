@@ -164,7 +164,7 @@ def _day_shards(project, key="london"):
 
 def _total(project, day):
     client = gcf.Client(project=project)
-    return client.collection(DAYS_COLLECTION).document(day).get().to_dict()["counts"]
+    return client.collection(DAYS_COLLECTION).document(f"sources-{day}").get().to_dict()["counts"]
 
 
 @pytest_twisted.ensureDeferred
@@ -181,3 +181,22 @@ async def test_a_replace_takes_nothing_off_a_day_for_an_article_never_counted_in
     shards = await threads.deferToThread(_day_shards, counting.project, "ada lovelace")
     assert sorted(shards.values()) == [1]  # one increment, no -1 left anywhere
     assert "_days_counted" not in await counting.get("article-1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_stores_counting_in_one_database_keep_their_counts_apart(firestore_stores, make_article):
+    first = firestore_stores(entity_counters=True, batch_window=0)
+    second = firestore_stores(entity_counters=True, batch_window=0, collection="other_articles",
+                              counters_collection="other_sources")
+    day = "2017-02-07T10:00:00.000000Z"
+    assert await first.put(make_article(1, published_at=day, entities=entities(("Apple", "ORG")))) is True
+    await first.roll_up()
+    assert await second.put(make_article(2, source="desk", published_at=day,
+                                         entities=entities(("Apple", "ORG")))) is True
+    await second.roll_up()
+    await first.roll_up()
+    assert second.state()["rollup"]["days_rolled"] == 1  # its own day, not skipped past by the first's watermark
+    assert (await second.timeline("apple", "desk", "2017-02-07", "2017-02-08"))["days"] == {"2017-02-07": 1}
+    assert (await second.timeline("apple", None, "2017-02-07", "2017-02-08"))["days"] == {"2017-02-07": 1}
+    assert (await first.timeline("apple", None, "2017-02-07", "2017-02-08"))["days"] == {"2017-02-07": 1}
+    assert (await first.timeline("apple", "desk", "2017-02-07", "2017-02-08"))["days"] == {}

@@ -7,7 +7,7 @@ reads, so a tick (:class:`DayRollup`) sums them into one *rolled* document per
 source and day, and those of every source into one per day:
 
 * ``{counters_collection}/{source}/entity_days/{day}``: ``{day, source_id, counts, through}``
-* ``entity_days/{day}`` (top level): ``{day, counts, through}``, every source summed
+* ``entity_days/{counters_collection}-{day}`` (top level): ``{day, counts, through}``, every source summed
 
 A top-N over *D* days then reads *D* documents, and a timeline *D* documents (only
 its key's field of each).  **Which days changed**: each day shard carries
@@ -20,7 +20,9 @@ is found by the next tick.  A roll-up *recomputes* a sum, it never adds to one, 
 twice, or in several daemons at once, is harmless: a rolled document records the
 newest ``updated_at`` (``through``) of the shards it summed, and a transaction keeps
 an older sum from overwriting a newer one.  The watermark is kept in
-``entity_days/~rolled`` so that a restarted daemon goes on where the last tick ended.
+``entity_days/~rolled-{counters_collection}`` so that a restarted daemon goes on where the last tick
+ended.  Collection-group queries span the database: results under another store's counters collection
+are left alone, so two stores may count in one database.
 
 Writes: one day-shard document per source and day in each commit (an increment per
 key), and per tick two documents per day that changed (its source's and the total).
@@ -77,15 +79,26 @@ class DayCounts:
 
     def _rolled(self, client, source: str | None, day: str):
         if source is None:
-            return client.collection(DAYS_COLLECTION).document(day)
+            return self._total(client, day)
         return self._of_source(client, document_id(source)).collection(DAYS_COLLECTION).document(day)
+
+    def _total(self, client, day: str):
+        """The day's total of every source of this store (named after its counters' collection, so that two
+        stores counting in one database keep theirs apart)."""
+        return client.collection(DAYS_COLLECTION).document(f"{self.collection}-{day}")
+
+    def _watermark(self, client):
+        return client.collection(DAYS_COLLECTION).document(f"{WATERMARK_ID}-{self.collection}")
+
+    def _ours(self, source) -> bool:
+        """Is *source* (a counters document, found by a collection-group query) one of this store's?"""
+        return source is not None and source.parent.id == self.collection
 
     # -- the roll-up -----------------------------------------------------------------------------------
 
     def watermark(self, client):
         """The roll-up's watermark kept by the last tick of any daemon, or None (roll everything up)."""
-        snapshot = client.collection(DAYS_COLLECTION).document(WATERMARK_ID).get(
-            retry=None, timeout=self.rpc_timeout)
+        snapshot = self._watermark(client).get(retry=None, timeout=self.rpc_timeout)
         return (snapshot.to_dict() or {}).get("through") if snapshot.exists else None
 
     def roll_up(self, client, since) -> tuple:
@@ -103,8 +116,8 @@ class DayCounts:
             reads += 1
             data = snapshot.to_dict() or {}
             source = snapshot.reference.parent.parent
-            if source is None or not isinstance(data.get("day"), str):
-                continue
+            if not self._ours(source) or not isinstance(data.get("day"), str):
+                continue  # another store's counters (collection-group queries span the database)
             changed.add((source.id, data["day"]))
             if data.get("updated_at") is not None and (through is None or data["updated_at"] > through):
                 through = data["updated_at"]
@@ -115,8 +128,7 @@ class DayCounts:
             read, written = self._roll_total(client, day)
             reads, writes = reads + read, writes + written
         if through is not None and through != since:
-            client.collection(DAYS_COLLECTION).document(WATERMARK_ID).set(
-                {"through": through}, retry=None, timeout=self.rpc_timeout)
+            self._watermark(client).set({"through": through}, retry=None, timeout=self.rpc_timeout)
             writes += 1
         return through, len(changed), reads, writes
 
@@ -151,7 +163,7 @@ class DayCounts:
 
     def _roll_total(self, client, day: str) -> tuple[int, int]:
         """Sum the rolled documents of every source for *day* into the day's total; ``(reads, writes)``."""
-        total = client.collection(DAYS_COLLECTION).document(day)
+        total = self._total(client, day)
         sources = client.collection_group(DAYS_COLLECTION).where(filter=FieldFilter("day", "==", day))
 
         @firestore.transactional
@@ -161,8 +173,8 @@ class DayCounts:
             for snapshot in transaction.get(sources, retry=None, timeout=self.rpc_timeout):
                 reads += 1
                 data = snapshot.to_dict() or {}
-                if "source_id" not in data:
-                    continue  # the total itself
+                if "source_id" not in data or not self._ours(snapshot.reference.parent.parent):
+                    continue  # a total, or another store's day
                 counts.update(data.get(COUNTS_FIELD) or {})
                 if data.get("through") is not None and (through is None or data["through"] > through):
                     through = data["through"]
@@ -202,10 +214,12 @@ class DayCounts:
         path = FieldPath(COUNTS_FIELD, name).to_api_repr()
         references = [self._rolled(client, source, day) for day in days]
         found = {}
-        for snapshot in client.get_all(references, field_paths=[path], retry=None, timeout=self.rpc_timeout):
-            n = ((snapshot.to_dict() or {}).get(COUNTS_FIELD) or {}).get(name, 0)
+        for snapshot in client.get_all(references, field_paths=[path, "day"], retry=None,
+                                       timeout=self.rpc_timeout):
+            data = snapshot.to_dict() or {}
+            n = (data.get(COUNTS_FIELD) or {}).get(name, 0)
             if n > 0:
-                found[snapshot.id] = n
+                found[data["day"]] = n
         return found, len(references)
 
 
